@@ -1,0 +1,67 @@
+"""Widths of the real models and of their tiny stand-ins used by the test fixtures.
+
+Every fixture (tiny UNets, tiny CLIP vision encoders, synthetic IP-Adapter checkpoints) takes its
+sizes from here, so the pieces fit together exactly as the full-size ones do. The tiny sizes keep
+the real topology (layer counts, token counts, attention-head size 64 where the real models have it)
+and scale the widths down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UNetDims:
+    """Widths a UNet exposes to an IP-Adapter."""
+
+    context_dim: int  # text-context width: to_k_ip / to_v_ip input
+    block_widths: tuple[int, ...]  # channels per resolution level (diffusers block_out_channels)
+    model_channels: int
+
+
+@dataclass(frozen=True)
+class ClipVisionDims:
+    """A CLIP vision encoder: hidden width (penultimate states), projection width (image_embeds), input size."""
+
+    name: str
+    hidden_size: int
+    projection_dim: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    image_size: int = 224
+    patch_size: int = 14
+
+    @property
+    def tokens(self) -> int:  # CLS + patches: 257 at 224 px, 577 at 336 px
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+FULL_UNET = {
+    "sd15": UNetDims(context_dim=768, block_widths=(320, 640, 1280, 1280), model_channels=320),
+    "sdxl": UNetDims(context_dim=2048, block_widths=(320, 640, 1280), model_channels=320),
+}
+TINY_UNET = {
+    # SD1.5 keeps 8 heads per attention; SDXL keeps 64-channel heads (1 head at 64, 2 at 128).
+    "sd15": UNetDims(context_dim=64, block_widths=(32, 64, 128, 128), model_channels=32),
+    "sdxl": UNetDims(context_dim=128, block_widths=(32, 64, 128), model_channels=32),
+}
+
+FULL_CLIP = {
+    "vit-h": ClipVisionDims("ViT-H", 1280, 1024, 5120, 16, 32),
+    "vit-g": ClipVisionDims("ViT-bigG", 1664, 1280, 8192, 16, 48),
+    "vit-l-336": ClipVisionDims("ViT-L-336", 1024, 768, 4096, 16, 24, image_size=336),
+}
+TINY_CLIP = {
+    # Widths are the real ones / 32; 3 layers. The real relations hold: bigG's projection width equals
+    # ViT-H's hidden width, ViT-L's hidden width equals ViT-H's projection width.
+    "vit-h": ClipVisionDims("tiny ViT-H", 40, 32, 160, 2, 3),
+    "vit-g": ClipVisionDims("tiny ViT-bigG", 52, 40, 208, 2, 3),
+    "vit-l-336": ClipVisionDims("tiny ViT-L-336", 32, 24, 128, 2, 3, image_size=336),
+}
+
+# Face-recognition embedding (insightface ArcFace) width and the FaceID LoRA rank.
+FULL_FACE_EMBED, TINY_FACE_EMBED = 512, 16
+FULL_LORA_RANK, TINY_LORA_RANK = 128, 4
+# Perceiver/Resampler attention heads are always 64 wide (diffusers infers heads = to_q rows // 64).
+RESAMPLER_DIM_HEAD = 64

@@ -1,0 +1,23 @@
+"""Boots the real ComfyUI runtime once per test session and loads this pack through ComfyUI's own loader.
+
+Tests import the library as ``ipadapter_next.ipadapter`` (the module name ComfyUI gives the pack), so
+there is a single copy of every class whether a test calls the library or runs a workflow.
+"""
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Appended, not prepended: the repository's own nodes.py must not shadow ComfyUI's `nodes` module.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+from harness import runtime  # noqa: E402
+
+BASE_DIRECTORY = Path(tempfile.mkdtemp(prefix="ipadapter-next-comfy-"))
+RUNTIME = runtime.boot(BASE_DIRECTORY)
+runtime.init_nodes(load_pack=True)
+
+
+def pytest_report_header(config):
+    return [f"runtime: {RUNTIME.describe()}", f"base directory: {RUNTIME.base_directory}"]
