@@ -21,3 +21,26 @@ runtime.init_nodes(load_pack=True)
 
 def pytest_report_header(config):
     return [f"runtime: {RUNTIME.describe()}", f"base directory: {RUNTIME.base_directory}"]
+
+
+# --- Tiny fixture models (harness.tiny_models / harness.model_tree) ------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The runtime's ``models/`` folder filled with the cached tiny fixture files, loaders registered."""
+    from harness import model_tree, tiny_models
+
+    tiny_models.register_all()
+    models = RUNTIME.base_directory / "models"
+    model_tree.build_models_dir(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def fixture_files(models_dir):
+    """``harness.model_tree.FixturePaths`` for ``models_dir``."""
+    from harness import model_tree
+
+    return model_tree.fixture_paths(models_dir)

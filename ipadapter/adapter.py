@@ -1,0 +1,113 @@
+"""A loaded IP-Adapter: its spec, projection model and per-layer to_k_ip/to_v_ip weights.
+
+The weights live in a ComfyUI ModelPatcher, so ComfyUI's memory manager loads and offloads them with
+the UNet (the attention patch returns it from ``models()``). Loading the same file twice (same path,
+size and modification time) returns the adapter already in memory.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from .checkpoint import AdapterSpec, detect, read_checkpoint
+from .projection import build_projection
+
+
+class IPLayer(nn.Module):
+    """The image branch's key/value projections of one cross-attention layer (no bias)."""
+
+    def __init__(self, context_dim: int, hidden: int):
+        super().__init__()
+        self.to_k_ip = nn.Linear(context_dim, hidden, bias=False)  # [hidden, C]
+        self.to_v_ip = nn.Linear(context_dim, hidden, bias=False)
+
+
+class IPAdapterModel(nn.Module):
+    """``image_proj`` and ``ip_adapter`` submodules: state-dict keys are the flat checkpoint keys."""
+
+    def __init__(self, image_proj: nn.Module, ip_adapter: nn.ModuleDict):
+        super().__init__()
+        self.image_proj = image_proj
+        self.ip_adapter = ip_adapter
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    spec: AdapterSpec
+    model: IPAdapterModel
+    patcher: comfy.model_patcher.ModelPatcher
+    source: str  # file name, for messages
+    extra: Mapping[str, Tensor]  # tensors beside the IP layers (FaceID LoRA), kept for the LoRA loader
+
+    @property
+    def name(self) -> str:
+        return os.path.splitext(os.path.basename(self.source))[0]
+
+    @property
+    def layer_widths(self) -> dict[int, int]:
+        return {int(n): layer.to_k_ip.weight.shape[0] for n, layer in self.model.ip_adapter.items()}
+
+    def project(self, embeds: Tensor, **kwargs) -> Tensor:
+        """Image (or face) embeddings -> image tokens [B, T, C], on the intermediate device."""
+        mm.load_models_gpu([self.patcher])
+        proj = self.model.image_proj
+        p = next(proj.parameters())
+        with torch.no_grad():
+            args = {k: (v.to(p.device, p.dtype) if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
+            tokens = proj(embeds.to(p.device, p.dtype), **args)
+        return tokens.to(mm.intermediate_device())
+
+
+def _is_ip_layer_key(key: str) -> bool:
+    return key.endswith(".to_k_ip.weight") or key.endswith(".to_v_ip.weight")
+
+
+def build_adapter(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, source: str,
+                  dtype: torch.dtype | None = None) -> Adapter:
+    """Assemble an Adapter from checkpoint sections (tensors are adopted, not copied, when dtypes match)."""
+    dtype = dtype or mm.unet_dtype()
+    image_proj = {k: v.to(dtype) for k, v in sections["image_proj"].items()}
+    projection = build_projection(spec.projection, image_proj)
+    ip_sd = sections["ip_adapter"]
+    layers = nn.ModuleDict()
+    with torch.device("meta"):
+        for key in sorted((k for k in ip_sd if k.endswith(".to_k_ip.weight")), key=lambda k: int(k.split(".")[0])):
+            n = key.split(".")[0]
+            hidden, context = ip_sd[key].shape
+            layers[n] = IPLayer(context, hidden)
+    layers.load_state_dict({k: v.to(dtype) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
+    model = IPAdapterModel(projection, layers).eval()
+    model.requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    extra = {k: v for k, v in ip_sd.items() if not _is_ip_layer_key(k)}
+    return Adapter(spec=spec, model=model, patcher=patcher, source=source, extra=extra)
+
+
+_cache: "weakref.WeakValueDictionary[tuple, Adapter]" = weakref.WeakValueDictionary()
+_cache_lock = threading.Lock()
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read, detect and build the adapter at ``path``; a file already loaded and unchanged is reused."""
+    path = os.path.realpath(path)
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, mm.unet_dtype())
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    sections = read_checkpoint(path)
+    spec = detect(sections, source=os.path.basename(path))
+    adapter = build_adapter(sections, spec, source=os.path.basename(path))
+    with _cache_lock:
+        _cache[key] = adapter
+    return adapter

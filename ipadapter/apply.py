@@ -1,0 +1,141 @@
+"""Apply an adapter to a ComfyUI MODEL: check, encode, project, resolve weights, patch a clone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from comfy.ldm.modules.attention import SpatialTransformer
+
+from .adapter import Adapter
+from .attention import AdapterEntry, apply_entry
+from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
+from .layers import ARCHITECTURES, layer_map
+from .weights import EMBEDS_SCALING, resolve_layer_weights
+
+_ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+
+
+class ModelMismatchError(ValueError):
+    pass
+
+
+def unet_attn2_keys(model) -> list[tuple[str, int, int]]:
+    """The attn2 keys ComfyUI will emit for this MODEL, read from its UNet's SpatialTransformers."""
+    unet = model.get_model_object("diffusion_model")
+    keys = []
+    groups = [("input", list(enumerate(unet.input_blocks))), ("middle", [(0, unet.middle_block)]),
+              ("output", list(enumerate(unet.output_blocks)))]
+    for name, blocks in groups:
+        for block_id, block in blocks:
+            for layer in block:
+                if isinstance(layer, SpatialTransformer):
+                    keys.extend((name, block_id, j) for j in range(len(layer.transformer_blocks)))
+    return keys
+
+
+def model_arch(model) -> str | None:
+    try:
+        keys = unet_attn2_keys(model)
+    except AttributeError:  # not a UNet (DiT/flow models)
+        return None
+    for arch in ARCHITECTURES:
+        if keys == [site.key for site in layer_map(arch)]:  # layer_map is in execution order too
+            return arch
+    return None
+
+
+def check_model(adapter: Adapter, model) -> None:
+    arch = model_arch(model)
+    want = adapter.spec.arch
+    if arch != want:
+        have = _ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
+        raise ModelMismatchError(
+            f"{adapter.name} is an {_ARCH_NAMES[want]} IP-Adapter ({len(layer_map(want))} cross-attention layers) "
+            f"but the connected model is {have}. Use an IP-Adapter made for {have} models, or load an "
+            f"{_ARCH_NAMES[want]} checkpoint."
+        )
+    context = model.model.model_config.unet_config.get("context_dim")
+    if context is not None and context != adapter.spec.context_dim:
+        raise ModelMismatchError(
+            f"{adapter.name} expects a text-context width of {adapter.spec.context_dim}, the connected "
+            f"model has {context}; this adapter belongs to another base model."
+        )
+
+
+@dataclass(frozen=True)
+class Embeds:
+    """Encoder features for the reference(s) and the negative, before projection."""
+
+    cond: Tensor
+    uncond: Tensor
+
+
+def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Tensor | None = None,
+               batch_size: int = 0, negative_mode: str = "black image", mask: Tensor | None = None) -> Embeds:
+    if clip_vision is None:
+        raise ValueError(
+            f"{adapter.name} needs a CLIP vision model: connect `clip_vision` (Load CLIP Vision with "
+            f"{adapter.spec.encoder.model if adapter.spec.encoder else 'its encoder'})."
+        )
+    check_encoder(adapter.spec, clip_vision, adapter.name)
+    output = adapter.spec.encoder.output
+    cond = encode_images(clip_vision, image, output, batch_size, mask=mask)
+    uncond = negative_embeds(clip_vision, output, cond, image_negative, negative_mode, batch_size)
+    return Embeds(cond, uncond)
+
+
+def _prepare_mask(mask: Tensor | None) -> Tensor | None:
+    if mask is None:
+        return None
+    return mask[None] if mask.dim() == 2 else mask
+
+
+def apply_adapter(
+    model,
+    adapter: Adapter,
+    embeds: Embeds,
+    *,
+    weight: float = 1.0,
+    weight_type: str = "linear",
+    combine: str = "concat",
+    start_at: float = 0.0,
+    end_at: float = 1.0,
+    embeds_scaling: str = "V only",
+    attn_mask: Tensor | None = None,
+    unfold: bool = False,
+    weight_composition: float | None = None,
+    boost: float | None = None,
+    layer_weights=None,
+    mask_interpolation: str = "bilinear",
+):
+    """Return a patched clone of ``model``; ``model`` itself is unchanged."""
+    check_model(adapter, model)
+    if embeds_scaling not in EMBEDS_SCALING:
+        raise ValueError(f"unknown embeds_scaling {embeds_scaling!r}; choose one of {EMBEDS_SCALING}")
+    cond, uncond = embeds.cond, embeds.uncond
+    if not unfold and combine != "concat" and cond.shape[0] > 1:
+        cond = combine_embeds(cond, combine)
+        uncond = uncond[:1]
+    cond_tokens = adapter.project(cond)
+    uncond_tokens = adapter.project(uncond)
+    weights = resolve_layer_weights(adapter.spec.arch, weight_type, weight, weight_composition, boost, layer_weights)
+    sampling = model.get_model_object("model_sampling")
+    widths = adapter.layer_widths
+    entry = AdapterEntry(
+        layers=adapter.model.ip_adapter,
+        patchers=(adapter.patcher,),
+        cond=cond_tokens,
+        uncond=uncond_tokens,
+        weights=weights,
+        sigma_start=float(sampling.percent_to_sigma(start_at)),
+        sigma_end=float(sampling.percent_to_sigma(end_at)),
+        mask=_prepare_mask(attn_mask),
+        mask_interpolation=mask_interpolation,
+        scaling=embeds_scaling,
+        unfold=unfold,
+        layer_widths=widths,
+        max_width=max(widths.values()),
+    )
+    return apply_entry(model, entry, adapter.spec.arch)

@@ -1,0 +1,234 @@
+"""The attn2 replace patch: ComfyUI's text cross-attention plus every applied adapter's image branch.
+
+    out = inner(q, k, v) + sum over active entries of  w_layer * Attn(q, K_ip, V_ip) [* mask]
+
+``inner`` is whatever was registered at the key before (another extension's patch, or ComfyUI's own
+attention when nothing was). Patch objects never change once attached: applying another adapter
+builds a new patch holding the old entries plus the new one.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from .layers import AttnKey, LayerSite, layer_map
+from .masks import resample_mask, token_grid
+from .weights import LayerWeight
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterEntry:
+    """One application of an adapter: image tokens, where and how strongly they act. Immutable."""
+
+    layers: Any  # mapping str(N) -> module with to_k_ip / to_v_ip (the adapter's ip_adapter section)
+    patchers: tuple  # ModelPatchers that hold the weights, loaded with the UNet
+    cond: torch.Tensor  # [N, T, C] projected tokens of the reference image(s)
+    uncond: torch.Tensor  # [N or 1, T, C] tokens of the negative
+    weights: Mapping[AttnKey, LayerWeight]  # only layers with a non-zero weight
+    sigma_start: float = float("inf")
+    sigma_end: float = 0.0
+    mask: torch.Tensor | None = None  # [B, H, W] in [0, 1]
+    mask_interpolation: str = "bilinear"
+    scaling: str = "V only"
+    unfold: bool = False  # image i conditions latent i, instead of all images conditioning every latent
+    layer_widths: Mapping[int, int] = field(default_factory=dict)  # N -> channels, for the C penalty
+    max_width: int = 1280
+    _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def active(self, sigma: float | None) -> bool:
+        return sigma is None or self.sigma_end <= sigma <= self.sigma_start
+
+    # K/V per layer, device and dtype: computed once, reused by every step of every sampling run.
+    def _kv(self, site: LayerSite, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = ("kv", site.key, q.device, q.dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        layer = self.layers[str(site.ckpt_index)]
+        w = layer.to_k_ip.weight
+        lw = self.weights[site.key]
+        cond, uncond = self._token_batches()
+        if lw.swap:  # cond sees no image, uncond sees the reference
+            cond, uncond = torch.zeros_like(cond), cond
+        with torch.no_grad():
+            kc, vc = (f(cond.to(w.device, w.dtype)) for f in (layer.to_k_ip, layer.to_v_ip))
+            ku, vu = (f(uncond.to(w.device, w.dtype)) for f in (layer.to_k_ip, layer.to_v_ip))
+        kc, vc, ku, vu = self._scaled(site, lw.weight, kc, vc, ku, vu)
+        out = tuple(t.to(q.device, q.dtype) for t in (kc, vc, ku, vu))
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def _token_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cond, uncond = self.cond, self.uncond
+        if uncond.shape[0] != cond.shape[0]:
+            uncond = _resize_batch(uncond, cond.shape[0])
+        if not self.unfold:  # several reference images share one softmax: join them along tokens
+            cond = cond.reshape(1, -1, cond.shape[-1])
+            uncond = uncond.reshape(1, -1, uncond.shape[-1])
+        return cond, uncond
+
+    def _scaled(self, site, w, kc, vc, ku, vu):
+        if self.scaling == "V only":
+            return kc, vc, ku, vu
+        if self.scaling == "K+V":
+            return kc * w, vc * w, ku * w, vu * w
+        # Narrower layers get proportionally less: the old extension's channel penalty (C / 1280).
+        wp = w * self.layer_widths.get(site.ckpt_index, self.max_width) / self.max_width
+        if self.scaling == "K+V w/ C penalty":
+            return kc * wp, vc * wp, ku * wp, vu * wp
+        if self.scaling == "K+mean(V) w/ C penalty":
+            def mean_scaled(v):
+                mu = v.mean(dim=1, keepdim=True)
+                return (v - mu) + wp * mu
+            return kc * wp, mean_scaled(vc), ku * wp, mean_scaled(vu)
+        raise ValueError(f"unknown embeds_scaling {self.scaling!r}")
+
+    def output_scale(self, site: LayerSite) -> float:
+        return self.weights[site.key].weight if self.scaling == "V only" else 1.0
+
+    def kv_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V laid out like q's batch: one chunk per cond_or_uncond entry (1 = uncond, else cond)."""
+        per = q.shape[0] // len(cond_or_uncond)
+        key = ("batch", site.key, q.device, q.dtype, cond_or_uncond, per)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        kc, vc, ku, vu = self._kv(site, q)
+        ks, vs = [], []
+        for c in cond_or_uncond:
+            k, v = (ku, vu) if c == 1 else (kc, vc)
+            ks.append(_resize_batch(k, per))
+            vs.append(_resize_batch(v, per))
+        out = (torch.cat(ks), torch.cat(vs))
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def mask_batch(self, q: torch.Tensor, extra_options: dict, n_chunks: int) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        seq_len = q.shape[1]
+        latent_hw = tuple(extra_options["original_shape"][-2:])
+        act = extra_options.get("activations_shape")
+        grid = token_grid(seq_len, latent_hw, tuple(act[-2:]) if act is not None else None)
+        per = q.shape[0] // n_chunks
+        key = ("mask", grid, q.device, q.dtype, n_chunks, per)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        m = resample_mask(self.mask, grid, self.mask_interpolation)
+        if m.shape[0] > 1:  # one mask per latent: lay it out like the batch
+            m = _resize_batch(m, per).repeat(n_chunks, 1, 1)
+        m = m.to(q.device, q.dtype)
+        with self._lock:
+            self._cache[key] = m
+        return m
+
+
+def _resize_batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat a batch of 1 to n, or cut/pad (repeating the last item) a batch of several to n."""
+    if t.shape[0] == n:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:]).contiguous()
+    if t.shape[0] > n:
+        return t[:n]
+    return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
+
+
+# The current sigma as a float, read once per UNet call: every patch of that call sees the same
+# sigmas tensor object, so only the first of the 16-70 attention calls reads it from the device.
+_sigma_slot: tuple[torch.Tensor | None, float | None] = (None, None)
+
+
+def _current_sigma(extra_options: dict) -> float | None:
+    global _sigma_slot
+    sigmas = extra_options.get("sigmas")
+    if sigmas is None:
+        return None
+    tensor, value = _sigma_slot
+    if tensor is sigmas:
+        return value
+    value = float(sigmas.flatten()[0])
+    _sigma_slot = (sigmas, value)
+    return value
+
+
+class IPAttention:
+    """attn2 replace patch for one key. Holds immutable entries and the wrapped previous patch."""
+
+    def __init__(self, site: LayerSite, entries: tuple[AdapterEntry, ...], inner: Callable | None):
+        self.site = site
+        self.entries = entries
+        self.inner = inner
+        self._weighted = tuple(e for e in entries if site.key in e.weights)  # weight-0 layers are skipped
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        if not self._weighted:
+            return out
+        sigma = _current_sigma(extra_options)
+        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
+        for entry in self._weighted:
+            if not entry.active(sigma):
+                continue
+            ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond)
+            ip = comfy_attention.optimized_attention(q, ip_k, ip_v, heads, attn_precision=precision)
+            scale = entry.output_scale(self.site)
+            if scale != 1.0:
+                ip = ip * scale
+            mask = entry.mask_batch(q, extra_options, len(cond_or_uncond))
+            if mask is not None:
+                ip = ip * mask
+            out = out + ip
+        return out
+
+    # ComfyUI 0.3.75 deep-copies model_options on clone; sharing is what newer versions do and what we want.
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, *args, **kwargs):
+        # K/V are moved per call to q's device; only a wrapped foreign patch may need moving.
+        if self.inner is not None and hasattr(self.inner, "to"):
+            moved = self.inner.to(*args, **kwargs)
+            if moved is not self.inner:
+                return IPAttention(self.site, self.entries, moved)
+        return self
+
+    def models(self) -> list:
+        found = []
+        for entry in self.entries:
+            found.extend(p for p in entry.patchers if p not in found)
+        if self.inner is not None and hasattr(self.inner, "models"):
+            found.extend(self.inner.models())
+        return found
+
+
+def attn2_patches(model) -> dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+
+def apply_entry(model, entry: AdapterEntry, arch: str):
+    """Clone ``model`` and add ``entry`` at every cross-attention site of ``arch``; the input is unchanged."""
+    patched = model.clone()
+    current = attn2_patches(patched)
+    for site in layer_map(arch):
+        existing = current.get(site.key, current.get(site.key[:2]))
+        if isinstance(existing, IPAttention):
+            new = IPAttention(site, existing.entries + (entry,), existing.inner)
+        else:
+            new = IPAttention(site, (entry,), existing)
+        patched.set_model_attn2_replace(new, site.key[0], site.key[1], site.key[2])
+    return patched

@@ -1,0 +1,140 @@
+"""Reference images -> CLIP vision embeddings: encoder checks, chunked encoding, negatives, combining."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import comfy.clip_vision
+import comfy.model_management as mm
+
+from .checkpoint import FULL_WIDTHS, AdapterSpec
+
+# Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
+_clip_preprocess = getattr(comfy.clip_vision, "clip_preprocess", None)
+if _clip_preprocess is None:  # pragma: no cover - newer ComfyUI only
+    import comfy.clip_model
+
+    _clip_preprocess = comfy.clip_model.clip_preprocess
+
+COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
+NEGATIVE_MODES = ("black image", "normalized zeros")
+# Which field of the encoder's output carries the features, by the spec's encoder output name.
+_OUTPUT_INDEX = {"image_embeds": 2, "penultimate_hidden_states": 1, "last_hidden_state": 0}
+
+
+class EncoderMismatchError(ValueError):
+    pass
+
+
+def describe_encoder(output: str, width: int) -> str:
+    known = FULL_WIDTHS.encoder(output, width)
+    return known.name if known is not None else "not a CLIP encoder this adapter family uses"
+
+
+def encoder_widths(clip_vision) -> dict[str, int]:
+    """Widths of what the connected encoder gives: penultimate states (hidden) and image_embeds (projection)."""
+    projection = getattr(getattr(clip_vision, "model", None), "visual_projection", None)
+    weight = getattr(projection, "weight", None)
+    if weight is None:
+        raise EncoderMismatchError(
+            "the connected CLIP_VISION model has no visual projection (it is not a CLIP vision encoder, e.g. "
+            "SigLIP or DINOv2); connect the CLIP vision model the IP-Adapter was trained with."
+        )
+    out_features, in_features = weight.shape
+    return {"image_embeds": out_features, "penultimate_hidden_states": in_features,
+            "last_hidden_state": in_features, "image_size": getattr(clip_vision, "image_size", 224)}
+
+
+def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
+    """Fail before anything runs when the encoder does not fit the adapter, naming both."""
+    need = spec.encoder
+    if need is None:
+        return
+    have = encoder_widths(clip_vision)
+    width = have[need.output]
+    if width != need.width or have["image_size"] != need.image_size:
+        field = "image_embeds" if need.output == "image_embeds" else "penultimate"
+        raise EncoderMismatchError(
+            f"{adapter_name} needs {need.model} ({field} width {need.width}, {need.image_size} px); "
+            f"the connected encoder gives {width} at {have['image_size']} px "
+            f"({describe_encoder(need.output, width)}). "
+            f"Connect the {need.model} CLIP vision model (Load CLIP Vision), or use an IP-Adapter made for this encoder."
+        )
+
+
+def _run_encoder(clip_vision, pixel_values: Tensor, output: str) -> Tensor:
+    out = clip_vision.model(pixel_values=pixel_values, intermediate_output=-2)
+    return out[_OUTPUT_INDEX[output]].to(mm.intermediate_device())
+
+
+def encode_images(clip_vision, images: Tensor, output: str, batch_size: int = 0, mask: Tensor | None = None) -> Tensor:
+    """IMAGE [B, H, W, 3] in 0..1 -> features, encoded ``batch_size`` at a time (0: all at once).
+
+    Images are resized (short side) and center-cropped to the encoder's own input size. A mask
+    multiplies the normalised pixels (masked pixels become the dataset mean colour), as the old
+    extension's Encoder node did.
+    """
+    mm.load_models_gpu([clip_vision.patcher])
+    device = clip_vision.load_device
+    size = clip_vision.image_size
+    step = batch_size if batch_size > 0 else images.shape[0]
+    chunks = []
+    for start in range(0, images.shape[0], step):
+        mm.throw_exception_if_processing_interrupted()
+        pixels = _clip_preprocess(images[start:start + step].to(device), size=size, mean=clip_vision.image_mean,
+                                  std=clip_vision.image_std, crop=True).float()
+        if mask is not None:
+            m = F.interpolate(_square_crop(mask.to(device).float())[:, None], size=(size, size), mode="bicubic")
+            pixels = pixels * m.clamp(0, 1)[:pixels.shape[0]] if m.shape[0] > 1 else pixels * m.clamp(0, 1)
+        chunks.append(_run_encoder(clip_vision, pixels, output))
+    return torch.cat(chunks)
+
+
+def _square_crop(mask: Tensor) -> Tensor:
+    h, w = mask.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return mask[..., top:top + s, left:left + s]
+
+
+def negative_embeds(clip_vision, output: str, like: Tensor, image_negative: Tensor | None = None,
+                    mode: str = "black image", batch_size: int = 0) -> Tensor:
+    """Features of the negative ("uncond") reference.
+
+    - a negative image, when given, is encoded like the reference;
+    - image_embeds adapters otherwise use zero embeddings (as the reference implementation does);
+    - hidden-state adapters encode a black image (ComfyUI workflows' default) or, with
+      ``mode="normalized zeros"``, an all-zero pixel tensor after CLIP normalisation (the reference's choice).
+    """
+    if image_negative is not None:
+        return encode_images(clip_vision, image_negative, output, batch_size)
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"unknown negative mode {mode!r}; choose one of {NEGATIVE_MODES}")
+    if output == "image_embeds":
+        return torch.zeros_like(like[:1])
+    size = clip_vision.image_size
+    if mode == "black image":
+        return encode_images(clip_vision, torch.zeros(1, size, size, 3), output)
+    mm.load_models_gpu([clip_vision.patcher])
+    return _run_encoder(clip_vision, torch.zeros(1, 3, size, size, device=clip_vision.load_device), output)
+
+
+def combine_embeds(embeds: Tensor, method: str) -> Tensor:
+    """Combine N reference embeddings [N, ...] into one [1, ...] (``concat`` keeps all N)."""
+    if method == "concat" or embeds.shape[0] == 1:
+        return embeds
+    if method == "add":
+        return embeds.sum(dim=0, keepdim=True)
+    if method == "subtract":
+        return embeds[:1] - embeds[1:].mean(dim=0, keepdim=True)
+    if method == "average":
+        return embeds.mean(dim=0, keepdim=True)
+    if method == "norm average":
+        # Kept as the old extension computed it: normalised across the batch axis, per feature.
+        return (embeds / embeds.norm(dim=0, keepdim=True)).mean(dim=0, keepdim=True)
+    if method == "max":
+        return embeds.max(dim=0, keepdim=True).values
+    if method == "min":
+        return embeds.min(dim=0, keepdim=True).values
+    raise ValueError(f"unknown combine method {method!r}; choose one of {COMBINE_METHODS + ('max', 'min')}")

@@ -1,0 +1,78 @@
+"""Where an IP-Adapter plugs into each UNet architecture: one explicit layer map per architecture.
+
+ComfyUI calls an attn2 replace patch with ``extra_options["block"]`` = ("input", id) / ("middle", 0) /
+("output", id) and ``block_index`` = the BasicTransformerBlock inside that block's SpatialTransformer.
+Checkpoints number their ``N.to_k_ip`` layers in diffusers' processor registration order
+(down blocks, then up blocks, then the mid block), attn1/attn2 alternating, so cross-attention layer i
+of that walk is ``N = 2 * i + 1``. ComfyUI's ``transformer_index`` counts SpatialTransformers in
+execution order (input, middle, output); the old extension's per-block weights are keyed by it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+AttnKey = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    key: AttnKey  # ComfyUI attn2 patch key: (block name, block id, block_index)
+    ckpt_index: int  # N of "N.to_k_ip.weight" in the checkpoint
+    transformer_index: int  # ComfyUI's SpatialTransformer counter (execution order)
+
+    @property
+    def block(self) -> str:
+        return self.key[0]
+
+
+# (block id, transformer depth) of every attention-carrying block, per architecture.
+_BLOCKS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+    "sd15": {
+        "input": ((1, 1), (2, 1), (4, 1), (5, 1), (7, 1), (8, 1)),
+        "middle": ((0, 1),),
+        "output": tuple((i, 1) for i in range(3, 12)),
+    },
+    "sdxl": {
+        "input": ((4, 2), (5, 2), (7, 10), (8, 10)),
+        "middle": ((0, 10),),
+        "output": ((0, 10), (1, 10), (2, 10), (3, 2), (4, 2), (5, 2)),
+    },
+}
+ARCHITECTURES = tuple(_BLOCKS)
+_EXECUTION_ORDER = ("input", "middle", "output")
+_CHECKPOINT_ORDER = ("input", "output", "middle")  # diffusers: down, up, mid
+
+
+@lru_cache(maxsize=None)
+def layer_map(arch: str) -> tuple[LayerSite, ...]:
+    """Every cross-attention site of ``arch`` in execution order (16 for sd15, 70 for sdxl)."""
+    if arch not in _BLOCKS:
+        raise ValueError(f"unknown UNet architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    blocks = _BLOCKS[arch]
+    ckpt_index: dict[AttnKey, int] = {}
+    for name in _CHECKPOINT_ORDER:
+        for block_id, depth in blocks[name]:
+            for j in range(depth):
+                ckpt_index[(name, block_id, j)] = 2 * len(ckpt_index) + 1
+    sites = []
+    t_idx = 0
+    for name in _EXECUTION_ORDER:
+        for block_id, depth in blocks[name]:
+            for j in range(depth):
+                key = (name, block_id, j)
+                sites.append(LayerSite(key=key, ckpt_index=ckpt_index[key], transformer_index=t_idx))
+            t_idx += 1
+    return tuple(sites)
+
+
+def transformer_count(arch: str) -> int:
+    """Number of SpatialTransformers (distinct transformer_index values): 16 for sd15, 11 for sdxl."""
+    return layer_map(arch)[-1].transformer_index + 1
+
+
+def arch_for_layer_count(count: int) -> str | None:
+    for arch in ARCHITECTURES:
+        if len(layer_map(arch)) == count:
+            return arch
+    return None
