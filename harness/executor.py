@@ -4,7 +4,7 @@ ComfyUI must be booted first (``harness.runtime.boot`` + ``init_nodes``). One ex
 process (``get_executor()``); its cache is ComfyUI's CLASSIC cache, so an unchanged node is not run
 twice across prompts, exactly as in the server.
 
-    result = run_prompt(workflow_plain_sd15(seed=1))
+    result = run_prompt(workflow_plain_sd15(seed=1))   # or workflow_plain_sdxl
     result.raise_for_error()
     result.images          # paths of the files SaveImage / PreviewImage wrote
     result.image_tensors() # the same as [H, W, C] float tensors in 0..1
@@ -195,3 +195,10 @@ def workflow_plain_sd15(
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": filename_prefix}},
     }
+
+
+def workflow_plain_sdxl(seed: int = 0, steps: int = 2, **kwargs) -> dict:
+    """The plain text-to-image prompt on the tiny SDXL checkpoint (``tiny_sdxl.safetensors``)."""
+    kwargs.setdefault("ckpt_name", "tiny_sdxl.safetensors")
+    kwargs.setdefault("filename_prefix", "plain_sdxl")
+    return workflow_plain_sd15(seed=seed, steps=steps, **kwargs)

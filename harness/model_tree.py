@@ -8,8 +8,9 @@ checkout reuses the old one. Building takes a lock, so parallel sessions build i
 ``build_models_dir(models_dir)`` links (hard link, else symlink) every cached file into a ComfyUI
 ``models/`` folder:
 
-* ``checkpoints/tiny_sd15.safetensors``: full tiny SD1.5 pipeline (UNet, text encoder, VAE) that
-  ``CheckpointLoaderSimple`` loads once ``tiny_models.register_tiny_models()`` has run;
+* ``checkpoints/tiny_sd15.safetensors`` / ``tiny_sdxl.safetensors``: full tiny pipelines (UNet, text
+  encoder(s), TAESD VAE) that ``CheckpointLoaderSimple`` loads once
+  ``tiny_models.register_tiny_models()`` has run (the SDXL file is stored in fp16);
 * ``clip_vision/``: tiny ViT-H, ViT-bigG and ViT-L-336 under their canonical names, plus
   ``sub/model.safetensors`` (a tiny ViT-H under the name the download keeps); they load through
   ``CLIPVisionLoader`` once ``tiny_models.register_tiny_clip_vision()`` has run;
@@ -39,10 +40,12 @@ CACHE_ROOT = REPO_ROOT / ".cache" / "fixtures"
 FORMAT = 1  # bump to force a rebuild when the layout changes in a way the hashed sources do not show
 
 CHECKPOINT_SD15 = "tiny_sd15.safetensors"
+CHECKPOINT_SDXL = "tiny_sdxl.safetensors"  # stored in fp16 (half the disk); ComfyUI casts it on load
 CLIP_VISION_SUB = "sub/model.safetensors"  # a ViT-H file as the download names it
 # IP-Adapter families that also get a .bin copy (the format several of them ship in).
 BIN_COPIES = ("ip-adapter_sd15", "ip-adapter-faceid_sd15", "ip-adapter-faceid-plusv2_sd15")
 FOLDERS = ("checkpoints", "clip_vision", "ipadapter", "loras")
+KEEP_VERSIONS = 3  # cache versions kept on disk (each is about 230 MB)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,11 @@ def _build(root: Path, seed: int = 0) -> dict:
 
     files: list[str] = []
     rel = f"checkpoints/{CHECKPOINT_SD15}"
-    _save_safetensors(tiny_models.sd15_checkpoint_state_dict(seed), root / rel)
+    _save_safetensors(tiny_models.checkpoint_state_dict("sd15", seed), root / rel)
+    files.append(rel)
+    rel = f"checkpoints/{CHECKPOINT_SDXL}"
+    sdxl = tiny_models.checkpoint_state_dict("sdxl", seed)
+    _save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in sdxl.items()}, root / rel)
     files.append(rel)
     for name, filename in tiny_models.CLIP_VISION_FILENAMES.items():
         rel = f"clip_vision/{filename}"
@@ -158,7 +165,18 @@ def ensure_cache() -> tuple[Path, dict]:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
                 log.info("built fixture cache %s in %.2f s", target, time.perf_counter() - start)
+                _prune_old_versions(keep=target)
     return target, json.loads(manifest_path.read_text())
+
+
+def _prune_old_versions(keep: Path, newest: int = KEEP_VERSIONS) -> None:
+    """Delete all but the ``newest`` cache versions (links already made into models dirs stay valid:
+    they are hard links; only a cross-file-system symlink would dangle)."""
+    versions = [p for p in CACHE_ROOT.iterdir() if p.is_dir() and (p / "manifest.json").exists() and p != keep]
+    versions.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in versions[max(0, newest - 1):]:
+        shutil.rmtree(old, ignore_errors=True)
+        (CACHE_ROOT / f"{old.name}.lock").unlink(missing_ok=True)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -196,6 +214,8 @@ class FixturePaths:
     cache_dir: Path
     checkpoint_sd15: Path
     checkpoint_sd15_name: str  # CheckpointLoaderSimple ckpt_name
+    checkpoint_sdxl: Path
+    checkpoint_sdxl_name: str
     clip_vision: dict = field(default_factory=dict)  # "vit-h" / "vit-g" / "vit-l-336" -> path
     clip_vision_names: dict = field(default_factory=dict)  # same keys -> CLIPVisionLoader clip_name
     clip_vision_sub: Path | None = None
@@ -219,6 +239,8 @@ def fixture_paths(models_dir: Path) -> FixturePaths:
         cache_dir=cache_dir(),
         checkpoint_sd15=models_dir / "checkpoints" / CHECKPOINT_SD15,
         checkpoint_sd15_name=CHECKPOINT_SD15,
+        checkpoint_sdxl=models_dir / "checkpoints" / CHECKPOINT_SDXL,
+        checkpoint_sdxl_name=CHECKPOINT_SDXL,
         clip_vision={k: models_dir / "clip_vision" / v for k, v in tiny_models.CLIP_VISION_FILENAMES.items()},
         clip_vision_names=dict(tiny_models.CLIP_VISION_FILENAMES),
         clip_vision_sub=models_dir / "clip_vision" / CLIP_VISION_SUB,

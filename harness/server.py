@@ -138,6 +138,7 @@ class ComfyServer:
         timeout: float = 90.0,
         extra_args: list[str] | None = None,
         python: str | None = None,
+        threads: int | None = 1,
     ) -> "ComfyServer":
         """Start ``main.py`` with its folders under ``base`` (see ``prepare_server_base``) and wait until it answers."""
         base = Path(base)
@@ -164,6 +165,8 @@ class ComfyServer:
         env.update({"PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "PYTHONUNBUFFERED": "1", "DO_NOT_TRACK": "1"})
         env.pop("PYTHONPATH", None)
+        if threads:  # tiny models: one thread is faster than several contending ones on a small CPU
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         log = open(log_path, "wb")
         start = time.perf_counter()
         proc = subprocess.Popen(args, cwd=str(base), env=env, stdout=log, stderr=subprocess.STDOUT,

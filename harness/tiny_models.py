@@ -4,8 +4,9 @@
   ``SDXL``) with the real UNet topology and the widths of ``harness.dims.TINY_UNET``. Once
   ``register_tiny_models()`` has put them in front of ``comfy.supported_models.models``, ComfyUI's own
   loaders (``CheckpointLoaderSimple``, ``load_checkpoint_guess_config``) detect and load tiny files.
-  ``TinySD15`` also names a tiny CLIP text encoder (the real CLIP tokenizer, hidden width = the tiny
-  UNet's context width), so ``CLIPTextEncode`` gives conditioning the tiny UNet accepts.
+  Both name tiny CLIP text encoders (the real CLIP tokenizers, widths that add up to the tiny UNet's
+  context width; SDXL's CLIP-G still pools to 1280 for the ADM embedding), so ``CLIPTextEncode``
+  gives conditioning the tiny UNets accept. ``checkpoint_state_dict(arch)`` is a full tiny pipeline.
 * ``build_unet(arch)``: a tiny UNet as a CPU fp32 ``ModelPatcher`` with seeded weights.
 * ``attn2_keys(model)``: the cross-attention patch keys in the order ComfyUI visits them.
 * Tiny CLIP vision encoders (``harness.dims.TINY_CLIP``): ``build_clip_vision(name)``, and
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import torch
 
+import comfy.clip_model
 import comfy.clip_vision
 import comfy.model_patcher
 import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
 from comfy.ldm.modules.attention import SpatialTransformer
@@ -96,7 +99,7 @@ def init_module(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 TINY_TEXT_LAYERS = 3  # >= 2, so CLIPSetLastLayer -2 keeps working
 
 
-def tiny_text_config(hidden_size: int) -> dict:
+def tiny_text_config(hidden_size: int, projection_dim: int | None = None, hidden_act: str = "quick_gelu") -> dict:
     """An HF ``clip_text_model`` config: real vocabulary and 77 positions, tiny widths."""
     return {
         "architectures": ["CLIPTextModel"],
@@ -104,7 +107,7 @@ def tiny_text_config(hidden_size: int) -> dict:
         "bos_token_id": 0,
         "dropout": 0.0,
         "eos_token_id": 49407,
-        "hidden_act": "quick_gelu",
+        "hidden_act": hidden_act,
         "hidden_size": hidden_size,
         "initializer_factor": 1.0,
         "initializer_range": 0.02,
@@ -115,7 +118,7 @@ def tiny_text_config(hidden_size: int) -> dict:
         "num_attention_heads": max(1, hidden_size // 32),
         "num_hidden_layers": TINY_TEXT_LAYERS,
         "pad_token_id": 1,
-        "projection_dim": hidden_size,
+        "projection_dim": projection_dim or hidden_size,
         "torch_dtype": "float32",
         "vocab_size": 49408,
     }
@@ -156,6 +159,65 @@ class TinySD15WordTokenizer(comfy.sd1_clip.SDTokenizer):
 class TinySD15Tokenizer(comfy.sd1_clip.SD1Tokenizer):
     def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006
         super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, tokenizer=TinySD15WordTokenizer)
+
+
+# The tiny SDXL text encoders: CLIP-L and CLIP-G each give half of the tiny context width (as 768 + 1280
+# make 2048), and CLIP-G's pooled output keeps the real 1280 that SDXL's ADM embedding needs.
+SDXL_POOLED_WIDTH = 1280
+
+
+def _sdxl_text_widths() -> tuple[int, int]:
+    context = TINY_UNET["sdxl"].context_dim
+    return context // 2, context - context // 2
+
+
+class ProjectedCLIPTextModel(comfy.clip_model.CLIPTextModel):
+    """ComfyUI's CLIP text model with a ``hidden -> projection_dim`` text projection (ComfyUI's is square,
+    as real CLIP-G's 1280 -> 1280 is); lets a narrow tiny CLIP-G still pool to SDXL's 1280."""
+
+    def __init__(self, config_dict, dtype, device, operations):
+        super().__init__(config_dict, dtype, device, operations)
+        self.text_projection = operations.Linear(
+            config_dict["hidden_size"], config_dict["projection_dim"], bias=False, dtype=dtype, device=device)
+
+
+class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
+    """ComfyUI's SDXL dual text encoder (``clip_l.`` + ``clip_g.``) at tiny widths; same outputs and options."""
+
+    def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006
+        torch.nn.Module.__init__(self)
+        width_l, width_g = _sdxl_text_widths()
+        self.clip_l = comfy.sd1_clip.SDClipModel(
+            layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+            textmodel_json_config=tiny_text_config(width_l), model_options={**model_options, "model_name": "clip_l"},
+        )
+        self.clip_g = comfy.sd1_clip.SDClipModel(
+            layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
+            textmodel_json_config=tiny_text_config(width_g, projection_dim=SDXL_POOLED_WIDTH, hidden_act="gelu"),
+            special_tokens={"start": 49406, "end": 49407, "pad": 0}, return_projected_pooled=True,
+            model_class=ProjectedCLIPTextModel,
+            model_options={**model_options, "model_name": "clip_g"},
+        )
+        self.dtypes = set([dtype])
+
+    def load_sd(self, sd):
+        # ComfyUI tells the two apart by CLIP-G's 32nd layer; the tiny ones differ by their projection.
+        projection = sd.get("text_projection.weight")
+        if projection is not None and projection.shape[0] == SDXL_POOLED_WIDTH:
+            return self.clip_g.load_sd(sd)
+        return self.clip_l.load_sd(sd)
+
+
+class TinySDXLTokenizer(comfy.sdxl_clip.SDXLTokenizer):
+    """The real CLIP tokenizers; textual-inversion embeddings are expected at the tiny widths."""
+
+    def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006
+        width_l, width_g = _sdxl_text_widths()
+        self.clip_l = comfy.sd1_clip.SDTokenizer(
+            embedding_directory=embedding_directory, tokenizer_data=tokenizer_data, embedding_size=width_l)
+        self.clip_g = comfy.sd1_clip.SDTokenizer(
+            pad_with_end=False, embedding_directory=embedding_directory, embedding_size=width_g,
+            embedding_key="clip_g", tokenizer_data=tokenizer_data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +289,7 @@ class TinySD15(comfy.supported_models.SD15):
 
 
 class TinySDXL(comfy.supported_models.SDXL):
-    """SDXL topology (70 attn2 blocks) at the tiny widths. Its text encoders stay ComfyUI's real ones."""
+    """SDXL topology (70 attn2 blocks) at the tiny widths, with tiny CLIP-L + CLIP-G text encoders."""
 
     unet_config = {
         "model_channels": TINY_UNET["sdxl"].model_channels,
@@ -237,6 +299,9 @@ class TinySDXL(comfy.supported_models.SDXL):
         "adm_in_channels": 2816,
         "use_temporal_attention": False,
     }
+
+    def clip_target(self, state_dict={}):  # noqa: B006 (ComfyUI's signature)
+        return comfy.supported_models_base.ClipTarget(TinySDXLTokenizer, TinySDXLClipModel)
 
 
 TINY_MODEL_CONFIGS = {"sd15": TinySD15, "sdxl": TinySDXL}
@@ -286,26 +351,28 @@ def attn2_keys(model_patcher) -> list[tuple[str, int, int]]:
     return keys
 
 
-def sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A full tiny SD1.5 checkpoint (fp32): UNet, tiny text encoder and ComfyUI's TAESD as the VAE.
+def checkpoint_state_dict(arch: str = "sd15", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full tiny checkpoint (fp32): UNet, tiny text encoder(s) and ComfyUI's TAESD as the VAE.
 
-    Keys are laid out as in a real SD1.5 ``.safetensors`` (``model.diffusion_model.``,
-    ``cond_stage_model.transformer.text_model.``, ``first_stage_model.``). The VAE is TAESD
-    (``taesd_encoder.* / taesd_decoder.*``), which ComfyUI's ``VAE`` detects from its keys: same latent
-    space shape (4 channels, 8x down-scaling), a fraction of the size of the real AutoencoderKL.
+    Keys are laid out as in a real ``.safetensors`` of that model (``model.diffusion_model.``, the text
+    encoders as ComfyUI saves them, ``first_stage_model.``), so ``CheckpointLoaderSimple`` loads it
+    once ``register_tiny_models()`` has run. The VAE is TAESD (``taesd_encoder.* / taesd_decoder.*``),
+    which ComfyUI's ``VAE`` detects from its keys: the same latent shape (4 channels, 8x down-scaling)
+    at a fraction of the real AutoencoderKL's size.
     """
     import comfy.taesd.taesd
 
-    cfg = model_config("sd15")
+    cfg = model_config(arch)
     model = cfg.get_model({}, device=torch.device("meta"))
     sd = {"model.diffusion_model." + k: v for k, v in seeded_state_dict(model.diffusion_model, seed).items()}
 
-    text = TinySD15ClipModel(device="meta", dtype=torch.float32)
+    text_class = cfg.clip_target().clip
+    text = text_class(device="meta", dtype=torch.float32)
     text_sd = seeded_state_dict(text, seed + 1)
+    for key in list(text_sd):
+        if key.endswith("embeddings.position_ids"):
+            text_sd[key] = torch.arange(77).unsqueeze(0)
     sd.update(cfg.process_clip_state_dict_for_saving(text_sd))
-    position_ids = "cond_stage_model.transformer.text_model.embeddings.position_ids"
-    if position_ids in sd:
-        sd[position_ids] = torch.arange(77).unsqueeze(0)
 
     with torch.device("meta"):
         vae = comfy.taesd.taesd.TAESD()
@@ -313,7 +380,12 @@ def sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     vae_sd["vae_scale"] = torch.tensor(1.0)
     vae_sd["vae_shift"] = torch.tensor(0.0)
     sd.update({"first_stage_model." + k: v for k, v in vae_sd.items()})
-    return {k: v.contiguous() for k, v in sd.items()}
+    return {k: v.contiguous() for k, v in sd.items() if not v.is_meta}
+
+
+def sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """``checkpoint_state_dict("sd15", seed)``: the tiny SD1.5 pipeline of ``checkpoints/tiny_sd15.safetensors``."""
+    return checkpoint_state_dict("sd15", seed)
 
 
 # ----------------------------------------------------------------------------------------------

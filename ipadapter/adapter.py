@@ -56,14 +56,24 @@ class Adapter:
     def layer_widths(self) -> dict[int, int]:
         return {int(n): layer.to_k_ip.weight.shape[0] for n, layer in self.model.ip_adapter.items()}
 
-    def project(self, embeds: Tensor, **kwargs) -> Tensor:
-        """Image (or face) embeddings -> image tokens [B, T, C], on the intermediate device."""
+    def project(self, embeds: Tensor, dtype: torch.dtype | None = None, **kwargs) -> Tensor:
+        """Image (or face) embeddings -> image tokens [B, T, C], computed in ``dtype``, on the intermediate device.
+
+        Weights stay in the file's dtype (loading adopts the file's tensors without converting them);
+        when the compute dtype differs they are cast for this call only.
+        """
         mm.load_models_gpu([self.patcher])
         proj = self.model.image_proj
         p = next(proj.parameters())
+        dtype = dtype or p.dtype
         with torch.no_grad():
-            args = {k: (v.to(p.device, p.dtype) if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
-            tokens = proj(embeds.to(p.device, p.dtype), **args)
+            args = {k: (v.to(p.device, dtype) if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
+            x = embeds.to(p.device, dtype)
+            if p.dtype == dtype:
+                tokens = proj(x, **args)
+            else:
+                cast = {k: v.to(dtype) for k, v in proj.state_dict().items()}
+                tokens = torch.func.functional_call(proj, cast, (x,), args)
         return tokens.to(mm.intermediate_device())
 
 
@@ -73,9 +83,12 @@ def _is_ip_layer_key(key: str) -> bool:
 
 def build_adapter(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, source: str,
                   dtype: torch.dtype | None = None) -> Adapter:
-    """Assemble an Adapter from checkpoint sections (tensors are adopted, not copied, when dtypes match)."""
-    dtype = dtype or mm.unet_dtype()
-    image_proj = {k: v.to(dtype) for k, v in sections["image_proj"].items()}
+    """Assemble an Adapter from checkpoint sections. The tensors are adopted, not copied; with ``dtype``
+    they are converted first (otherwise compute casts them: see ``project`` and the attention patch)."""
+    def cast(t: Tensor) -> Tensor:
+        return t if dtype is None else t.to(dtype)
+
+    image_proj = {k: cast(v) for k, v in sections["image_proj"].items()}
     projection = build_projection(spec.projection, image_proj)
     ip_sd = sections["ip_adapter"]
     layers = nn.ModuleDict()
@@ -84,7 +97,7 @@ def build_adapter(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpe
             n = key.split(".")[0]
             hidden, context = ip_sd[key].shape
             layers[n] = IPLayer(context, hidden)
-    layers.load_state_dict({k: v.to(dtype) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
+    layers.load_state_dict({k: cast(v) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
     model = IPAdapterModel(projection, layers).eval()
     model.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
@@ -100,7 +113,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     """Read, detect and build the adapter at ``path``; a file already loaded and unchanged is reused."""
     path = os.path.realpath(path)
     st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns, mm.unet_dtype())
+    key = (path, st.st_size, st.st_mtime_ns)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:

@@ -86,6 +86,20 @@ def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Ten
     return Embeds(cond, uncond)
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the UNet computes in (fp8-stored weights compute in their manual-cast dtype)."""
+    base = model.model
+    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+
+
+def project_pair(adapter: Adapter, cond: Tensor, uncond: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Project reference and negative features in one batch when their shapes allow it."""
+    if cond.shape[1:] == uncond.shape[1:]:
+        tokens = adapter.project(torch.cat([cond, uncond]), dtype=dtype)
+        return tokens[: cond.shape[0]], tokens[cond.shape[0]:]
+    return adapter.project(cond, dtype=dtype), adapter.project(uncond, dtype=dtype)
+
+
 def _prepare_mask(mask: Tensor | None) -> Tensor | None:
     if mask is None:
         return None
@@ -118,8 +132,7 @@ def apply_adapter(
     if not unfold and combine != "concat" and cond.shape[0] > 1:
         cond = combine_embeds(cond, combine)
         uncond = uncond[:1]
-    cond_tokens = adapter.project(cond)
-    uncond_tokens = adapter.project(uncond)
+    cond_tokens, uncond_tokens = project_pair(adapter, cond, uncond, compute_dtype(model))
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, weight, weight_composition, boost, layer_weights)
     sampling = model.get_model_object("model_sampling")
     widths = adapter.layer_widths

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 import comfy.ldm.modules.attention as comfy_attention
 
@@ -51,16 +52,17 @@ class AdapterEntry:
         if hit is not None:
             return hit
         layer = self.layers[str(site.ckpt_index)]
-        w = layer.to_k_ip.weight
         lw = self.weights[site.key]
         cond, uncond = self._token_batches()
         if lw.swap:  # cond sees no image, uncond sees the reference
             cond, uncond = torch.zeros_like(cond), cond
+        # Weights may be stored in another dtype or device than q: cast them here, once per layer.
+        wk = layer.to_k_ip.weight.to(q.device, q.dtype)
+        wv = layer.to_v_ip.weight.to(q.device, q.dtype)
+        cond, uncond = cond.to(q.device, q.dtype), uncond.to(q.device, q.dtype)
         with torch.no_grad():
-            kc, vc = (f(cond.to(w.device, w.dtype)) for f in (layer.to_k_ip, layer.to_v_ip))
-            ku, vu = (f(uncond.to(w.device, w.dtype)) for f in (layer.to_k_ip, layer.to_v_ip))
-        kc, vc, ku, vu = self._scaled(site, lw.weight, kc, vc, ku, vu)
-        out = tuple(t.to(q.device, q.dtype) for t in (kc, vc, ku, vu))
+            kc, vc, ku, vu = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
+        out = self._scaled(site, lw.weight, kc, vc, ku, vu)
         with self._lock:
             self._cache[key] = out
         return out

@@ -29,7 +29,7 @@ class EncoderMismatchError(ValueError):
 
 def describe_encoder(output: str, width: int) -> str:
     known = FULL_WIDTHS.encoder(output, width)
-    return known.name if known is not None else "not a CLIP encoder this adapter family uses"
+    return known.name.removeprefix("CLIP ") if known is not None else "an encoder no IP-Adapter family uses"
 
 
 def encoder_widths(clip_vision) -> dict[str, int]:
@@ -53,14 +53,17 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
         return
     have = encoder_widths(clip_vision)
     width = have[need.output]
-    if width != need.width or have["image_size"] != need.image_size:
-        field = "image_embeds" if need.output == "image_embeds" else "penultimate"
-        raise EncoderMismatchError(
-            f"{adapter_name} needs {need.model} ({field} width {need.width}, {need.image_size} px); "
-            f"the connected encoder gives {width} at {have['image_size']} px "
-            f"({describe_encoder(need.output, width)}). "
-            f"Connect the {need.model} CLIP vision model (Load CLIP Vision), or use an IP-Adapter made for this encoder."
-        )
+    if width == need.width and have["image_size"] == need.image_size:
+        return
+    field = "image_embeds" if need.output == "image_embeds" else "penultimate"
+    wanted = f"{need.model} ({field} width {need.width})" if need.key else need.model
+    if have["image_size"] != need.image_size:
+        wanted += f" at {need.image_size} px"
+    gives = f"{width}" + (f" at {have['image_size']} px" if have["image_size"] != need.image_size else "")
+    raise EncoderMismatchError(
+        f"{adapter_name} needs {wanted}; the connected encoder gives {gives} ({describe_encoder(need.output, width)}). "
+        f"Load {need.model} with Load CLIP Vision and connect it, or use an IP-Adapter made for this encoder."
+    )
 
 
 def _run_encoder(clip_vision, pixel_values: Tensor, output: str) -> Tensor:

@@ -44,3 +44,15 @@ def fixture_files(models_dir):
     from harness import model_tree
 
     return model_tree.fixture_paths(models_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run a module's tiny-model compute on one thread: on a small shared CPU, the second OpenMP thread
+    mostly spins (measured: the plain SD1.5 workflow 0.5 s on one thread, 4.8 s on two, 2 busy cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

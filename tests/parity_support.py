@@ -88,7 +88,7 @@ def build_diffusers_unet(comfy_unet: torch.nn.Module, arch: str) -> UNet2DCondit
 # Where each diffusers attention sits in ComfyUI, derived from ComfyUI's key map and module walk
 # ------------------------------------------------------------------------------------------------
 
-_ATTN = re.compile(r"^((?:down_blocks|up_blocks|mid_block)(?:\.\d+)?\.attentions\.\d+)\.transformer_blocks\.(\d+)\.attn2\.processor$")
+ATTN2_PROCESSOR = re.compile(r"^((?:down_blocks|up_blocks|mid_block)(?:\.\d+)?\.attentions\.\d+)\.transformer_blocks\.(\d+)\.attn2\.processor$")
 
 
 def comfy_block_of(arch: str) -> dict[str, tuple[str, int]]:
@@ -122,7 +122,7 @@ def diffusers_scales_as_layer_weights(unet: UNet2DConditionModel, comfy_unet: to
     t_of = transformer_indices(comfy_unet)
     out = {}
     for name, proc in unet.attn_processors.items():
-        m = _ATTN.match(name)
+        m = ATTN2_PROCESSOR.match(name)
         if m is None:
             continue
         (scale,) = proc.scale

@@ -220,10 +220,10 @@ def test_per_block_maps_match_diffusers_names(pairs, arch):
     blocks = ps.comfy_block_of(arch)
     t_of = ps.transformer_indices(pair.comfy_unet)
     site_of = {(s.transformer_index, s.key[2]): s for s in layers.layer_map(arch)}
-    n = 1
+    n = 0  # position in attn_processors order = the checkpoint N
     seen = set()
     for proc_name in unet.attn_processors:
-        m = ps._ATTN.match(proc_name)
+        m = ps.ATTN2_PROCESSOR.match(proc_name)
         if m:
             key = (t_of[blocks[m.group(1)]], int(m.group(2)))
             assert site_of[key].ckpt_index == n, proc_name
