@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
@@ -40,13 +40,44 @@ class IPAdapterModel(nn.Module):
         self.ip_adapter = ip_adapter
 
 
-@dataclass(frozen=True, eq=False)
-class Adapter:
-    spec: AdapterSpec
+@dataclass(frozen=True)
+class _Built:
     model: IPAdapterModel
     patcher: comfy.model_patcher.ModelPatcher
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    """A loaded adapter. Its modules are assembled from the file's tensors on first use, so loading is
+    little more than reading the file (and an adapter that is loaded but never applied costs no more)."""
+
+    spec: AdapterSpec
     source: str  # file name, for messages
-    extra: Mapping[str, Tensor]  # tensors beside the IP layers (FaceID LoRA), kept for the LoRA loader
+    sections: Mapping[str, Mapping[str, Tensor]] = field(repr=False)  # the checkpoint's tensors
+    dtype: torch.dtype | None = None  # convert the weights to this; None keeps the file's dtype
+    _built: list = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _projected: dict = field(default_factory=dict, repr=False)  # (id(embeds), dtype) -> (weakref, tokens)
+
+    def _build(self) -> _Built:
+        if not self._built:
+            with self._lock:
+                if not self._built:
+                    self._built.append(_assemble(self.sections, self.spec, self.dtype))
+        return self._built[0]
+
+    @property
+    def model(self) -> IPAdapterModel:
+        return self._build().model
+
+    @property
+    def patcher(self) -> comfy.model_patcher.ModelPatcher:
+        return self._build().patcher
+
+    @property
+    def extra(self) -> dict[str, Tensor]:
+        """Tensors beside the IP layers (the FaceID LoRA), for the LoRA loader."""
+        return {k: v for k, v in self.sections["ip_adapter"].items() if not _is_ip_layer_key(k)}
 
     @property
     def name(self) -> str:
@@ -77,32 +108,44 @@ class Adapter:
         return tokens.to(mm.intermediate_device())
 
 
+    # Projections memoised on the identity of their input: an input reused across applies (an encoder's
+    # default negative) is projected once. Entries go when the input tensor is freed.
+    def remembered(self, embeds: Tensor, dtype: torch.dtype) -> Tensor | None:
+        hit = self._projected.get((id(embeds), dtype))
+        return hit[1] if hit is not None and hit[0]() is embeds else None
+
+    def remember(self, embeds: Tensor, dtype: torch.dtype, tokens: Tensor) -> None:
+        key = (id(embeds), dtype)
+        self._projected[key] = (weakref.ref(embeds, lambda _, k=key: self._projected.pop(k, None)), tokens)
+
+
 def _is_ip_layer_key(key: str) -> bool:
     return key.endswith(".to_k_ip.weight") or key.endswith(".to_v_ip.weight")
 
 
 def build_adapter(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, source: str,
                   dtype: torch.dtype | None = None) -> Adapter:
-    """Assemble an Adapter from checkpoint sections. The tensors are adopted, not copied; with ``dtype``
-    they are converted first (otherwise compute casts them: see ``project`` and the attention patch)."""
+    """An Adapter over checkpoint sections. The tensors are adopted, not copied; with ``dtype`` they are
+    converted first (otherwise compute casts them: see ``project`` and the attention patch)."""
+    return Adapter(spec=spec, source=source, sections=sections, dtype=dtype)
+
+
+def _assemble(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, dtype: torch.dtype | None) -> _Built:
     def cast(t: Tensor) -> Tensor:
         return t if dtype is None else t.to(dtype)
 
-    image_proj = {k: cast(v) for k, v in sections["image_proj"].items()}
-    projection = build_projection(spec.projection, image_proj)
+    projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
     ip_sd = sections["ip_adapter"]
     layers = nn.ModuleDict()
     with torch.device("meta"):
         for key in sorted((k for k in ip_sd if k.endswith(".to_k_ip.weight")), key=lambda k: int(k.split(".")[0])):
-            n = key.split(".")[0]
             hidden, context = ip_sd[key].shape
-            layers[n] = IPLayer(context, hidden)
+            layers[key.split(".")[0]] = IPLayer(context, hidden)
     layers.load_state_dict({k: cast(v) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
     model = IPAdapterModel(projection, layers).eval()
     model.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-    extra = {k: v for k, v in ip_sd.items() if not _is_ip_layer_key(k)}
-    return Adapter(spec=spec, model=model, patcher=patcher, source=source, extra=extra)
+    return _Built(model=model, patcher=patcher)
 
 
 _cache: "weakref.WeakValueDictionary[tuple, Adapter]" = weakref.WeakValueDictionary()
@@ -110,7 +153,7 @@ _cache_lock = threading.Lock()
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read, detect and build the adapter at ``path``; a file already loaded and unchanged is reused."""
+    """Read and detect the adapter at ``path``; a file already loaded and unchanged is reused."""
     path = os.path.realpath(path)
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)

@@ -1,7 +1,7 @@
 """Apply an adapter to a ComfyUI MODEL: check, encode, project, resolve weights, patch a clone."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -66,10 +66,16 @@ def check_model(adapter: Adapter, model) -> None:
 
 @dataclass(frozen=True)
 class Embeds:
-    """Encoder features for the reference(s) and the negative, before projection."""
+    """Features for the reference(s) and the negative, before projection.
+
+    ``cond_extra`` / ``uncond_extra`` are extra projection inputs (FaceID-Plus: ``clip_embeds``,
+    ``shortcut``, ``scale``).
+    """
 
     cond: Tensor
     uncond: Tensor
+    cond_extra: dict = field(default_factory=dict)
+    uncond_extra: dict = field(default_factory=dict)
 
 
 def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Tensor | None = None,
@@ -93,11 +99,17 @@ def compute_dtype(model) -> torch.dtype:
 
 
 def project_pair(adapter: Adapter, cond: Tensor, uncond: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Project reference and negative features in one batch when their shapes allow it."""
-    if cond.shape[1:] == uncond.shape[1:]:
+    """Project reference and negative features; a negative reused across applies is projected once."""
+    uncond_tokens = adapter.remembered(uncond, dtype)
+    if uncond_tokens is not None:
+        return adapter.project(cond, dtype=dtype), uncond_tokens
+    if cond.shape[1:] == uncond.shape[1:]:  # one batch
         tokens = adapter.project(torch.cat([cond, uncond]), dtype=dtype)
-        return tokens[: cond.shape[0]], tokens[cond.shape[0]:]
-    return adapter.project(cond, dtype=dtype), adapter.project(uncond, dtype=dtype)
+        cond_tokens, uncond_tokens = tokens[: cond.shape[0]], tokens[cond.shape[0]:]
+    else:
+        cond_tokens, uncond_tokens = adapter.project(cond, dtype=dtype), adapter.project(uncond, dtype=dtype)
+    adapter.remember(uncond, dtype, uncond_tokens)
+    return cond_tokens, uncond_tokens
 
 
 def _prepare_mask(mask: Tensor | None) -> Tensor | None:
@@ -132,7 +144,12 @@ def apply_adapter(
     if not unfold and combine != "concat" and cond.shape[0] > 1:
         cond = combine_embeds(cond, combine)
         uncond = uncond[:1]
-    cond_tokens, uncond_tokens = project_pair(adapter, cond, uncond, compute_dtype(model))
+    if embeds.cond_extra or embeds.uncond_extra:
+        dtype = compute_dtype(model)
+        cond_tokens = adapter.project(cond, dtype=dtype, **embeds.cond_extra)
+        uncond_tokens = adapter.project(uncond, dtype=dtype, **embeds.uncond_extra)
+    else:
+        cond_tokens, uncond_tokens = project_pair(adapter, cond, uncond, compute_dtype(model))
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, weight, weight_composition, boost, layer_weights)
     sampling = model.get_model_object("model_sampling")
     widths = adapter.layer_widths

@@ -77,8 +77,8 @@ class AdapterEntry:
         return cond, uncond
 
     def _scaled(self, site, w, kc, vc, ku, vu):
-        if self.scaling == "V only":
-            return kc, vc, ku, vu
+        if self.scaling == "V only":  # Attn(q, K, w V) = w Attn(q, K, V): scale once here, not per call
+            return kc, vc * w, ku, vu * w
         if self.scaling == "K+V":
             return kc * w, vc * w, ku * w, vu * w
         # Narrower layers get proportionally less: the old extension's channel penalty (C / 1280).
@@ -91,9 +91,6 @@ class AdapterEntry:
                 return (v - mu) + wp * mu
             return kc * wp, mean_scaled(vc), ku * wp, mean_scaled(vu)
         raise ValueError(f"unknown embeds_scaling {self.scaling!r}")
-
-    def output_scale(self, site: LayerSite) -> float:
-        return self.weights[site.key].weight if self.scaling == "V only" else 1.0
 
     def kv_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V laid out like q's batch: one chunk per cond_or_uncond entry (1 = uncond, else cond)."""
@@ -174,27 +171,29 @@ class IPAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
-        else:
-            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        else:  # exactly what ComfyUI computes without a patch
+            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
         if not self._weighted:
             return out
         sigma = _current_sigma(extra_options)
         cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
+        owned = False  # out is a tensor this call made (not the inner patch's): safe to add into
         for entry in self._weighted:
             if not entry.active(sigma):
                 continue
             ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond)
-            ip = comfy_attention.optimized_attention(q, ip_k, ip_v, heads, attn_precision=precision)
-            scale = entry.output_scale(self.site)
-            if scale != 1.0:
-                ip = ip * scale
+            # A handful of image tokens: PyTorch's fused attention is the fast choice on every device
+            # (ComfyUI's CPU default, sub-quadratic chunking, costs 2-3x more per call here).
+            ip = comfy_attention.attention_pytorch(q, ip_k, ip_v, heads)
             mask = entry.mask_batch(q, extra_options, len(cond_or_uncond))
             if mask is not None:
-                ip = ip * mask
-            out = out + ip
+                ip.mul_(mask)
+            if owned:
+                out.add_(ip)
+            else:
+                out, owned = out + ip, True
         return out
 
     # ComfyUI 0.3.75 deep-copies model_options on clone; sharing is what newer versions do and what we want.

@@ -1,6 +1,8 @@
 """Reference images -> CLIP vision embeddings: encoder checks, chunked encoding, negatives, combining."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -116,6 +118,18 @@ def negative_embeds(clip_vision, output: str, like: Tensor, image_negative: Tens
         raise ValueError(f"unknown negative mode {mode!r}; choose one of {NEGATIVE_MODES}")
     if output == "image_embeds":
         return torch.zeros_like(like[:1])
+    # The default negative is the same for every apply with this encoder: encode it once. Returning the
+    # same tensor also lets the adapter reuse its projection (see Adapter.project_cached).
+    cached = _default_negatives.setdefault(clip_vision, {})
+    if (output, mode) not in cached:
+        cached[(output, mode)] = _encode_default_negative(clip_vision, output, mode)
+    return cached[(output, mode)]
+
+
+_default_negatives: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _encode_default_negative(clip_vision, output: str, mode: str) -> Tensor:
     size = clip_vision.image_size
     if mode == "black image":
         return encode_images(clip_vision, torch.zeros(1, size, size, 3), output)

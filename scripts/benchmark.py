@@ -32,7 +32,7 @@ import comfy.supported_models  # noqa: E402
 
 from harness import adapter_factory, dims, tiny_models  # noqa: E402
 from ipadapter_next.ipadapter import adapter as adapter_mod  # noqa: E402
-from ipadapter_next.ipadapter import apply, checkpoint  # noqa: E402
+from ipadapter_next.ipadapter import apply, attention, checkpoint  # noqa: E402
 
 FAMILIES = {
     "sd15": {"basic": "ip-adapter_sd15", "plus": "ip-adapter-plus_sd15", "full-face": "ip-adapter-full-face_sd15"},
@@ -105,18 +105,60 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None
     for m in variants.values():  # warm up: first calls compute and cache each layer's K/V
         unet_step(m, x, t, ctx, y)
     times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, m in variants.items():
+    order = list(variants.items())
+    for r in range(rounds):
+        for name, m in (order if r % 2 == 0 else order[::-1]):  # alternate the order: no position bias
             start = time.perf_counter()
             unet_step(m, x, t, ctx, y)
             times[name].append(time.perf_counter() - start)
     base_t = times["no adapter"]
+    replay = patch_overhead(variants, x, t, ctx, y)
     print(f"\n[{arch}] UNet step, latent {latent}x{latent}, batch 2 (uncond+cond), {dtype}, {rounds} interleaved rounds, {dev}")
     print(f"  {'variant':<14} {'median step':>12} {'overhead (median of per-round ratios)':>40}")
     for name, ts in times.items():
         ratio = statistics.median(a / b for a, b in zip(ts, base_t)) - 1
-        print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%")
+        extra = replay.get(name)
+        extra_s = f"   in-patch time {extra * 1000:6.1f} ms/step = {extra / statistics.median(base_t) * 100:.2f}%" if extra is not None else ""
+        print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%{extra_s}")
     bench_apply(arch, base, adapters["plus"])
+
+
+def patch_overhead(variants, x, t, ctx, y, repeats: int = 20) -> dict[str, float]:
+    """Time the image branch directly: record every attn2 call of one real UNet step, then replay each
+    call with the variant's patch and with a patch that has no adapter entries (same inner attention),
+    interleaved; the per-step sum of differences is the time the adapters add. Much less noisy than
+    whole-step ratios, whose round-to-round spread on a shared CPU exceeds the effect."""
+    out = {}
+    for name, model in variants.items():
+        patches = attention.attn2_patches(model)
+        if not patches:
+            continue
+        calls = []
+        original = attention.IPAttention.__call__
+
+        def record(self, q, k, v, extra_options):
+            calls.append((self, q, k, v, dict(extra_options)))
+            return original(self, q, k, v, extra_options)
+
+        attention.IPAttention.__call__ = record
+        try:
+            unet_step(model, x, t, ctx, y)
+        finally:
+            attention.IPAttention.__call__ = original
+        added = 0.0
+        for patch, q, k, v, opts in calls:
+            bare = attention.IPAttention(patch.site, (), patch.inner)
+            with_t, bare_t = [], []
+            for _ in range(repeats):
+                for fn, acc in ((patch, with_t), (bare, bare_t)):
+                    start = time.perf_counter()
+                    fn(q, k, v, opts)
+                    if q.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    acc.append(time.perf_counter() - start)
+            added += statistics.median(with_t) - statistics.median(bare_t)
+        out[name] = added
+    return out
 
 
 def adapter_mod_patchers(adapters):
@@ -124,12 +166,16 @@ def adapter_mod_patchers(adapters):
 
 
 def bench_apply(arch, base, ad, repeats: int = 5) -> None:
-    """Latency of each of four stacked applies beyond the CLIP encoding (features are precomputed)."""
+    """Latency of each of four stacked applies beyond the CLIP encoding (features are precomputed).
+
+    Each apply gets a new reference; the negative is one tensor for all, as the default black-image
+    negative is (encode.negative_embeds encodes it once per encoder)."""
     per_position = [[] for _ in range(4)]
+    negative = features(ad, 999)
     for r in range(repeats):
         model = base
         for i in range(4):
-            e = embeds(ad, 100 * r + i)
+            e = apply.Embeds(features(ad, 100 * r + i), negative)
             start = time.perf_counter()
             model = apply.apply_adapter(model, ad, e)
             per_position[i].append(time.perf_counter() - start)
@@ -157,9 +203,17 @@ def bench_load(rounds: int = 7) -> None:
                 ours.append(time.perf_counter() - start)
             size = path.stat().st_size / 2**20
             ratio = statistics.median(a / b for a, b in zip(ours, plain))
-            print(f"  {family} ({size:.0f} MiB): plain read {statistics.median(plain) * 1000:.0f} ms, "
-                  f"load_adapter {statistics.median(ours) * 1000:.0f} ms, ratio {ratio:.2f}x "
-                  f"(adapter dtype {mm.unet_dtype()})")
+            # Modules are assembled from the file's tensors on first use: time that separately.
+            first = []
+            for _ in range(rounds):
+                adapter_mod._cache.clear()
+                ad = adapter_mod.load_adapter(path)
+                start = time.perf_counter()
+                ad.model
+                first.append(time.perf_counter() - start)
+            print(f"  {family} ({size:.0f} MiB): plain read {statistics.median(plain) * 1000:.1f} ms, "
+                  f"load_adapter {statistics.median(ours) * 1000:.1f} ms, ratio {ratio:.2f}x; "
+                  f"assembling its modules on first use {statistics.median(first) * 1000:.1f} ms")
 
 
 def main() -> None:

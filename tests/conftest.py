@@ -5,7 +5,10 @@ there is a single copy of every class whether a test calls the library or runs a
 """
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+SESSION_START = time.time()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Appended, not prepended: the repository's own nodes.py must not shadow ComfyUI's `nodes` module.

@@ -21,3 +21,26 @@ def test_pack_loaded_through_comfyui_custom_node_loader():
     pack = sys.modules[runtime.PACK_NAME]
     for key, cls in pack.NODE_CLASS_MAPPINGS.items():
         assert nodes.NODE_CLASS_MAPPINGS[key] is cls
+
+
+def test_comfyui_path_overrides_the_bundled_runtime(monkeypatch, tmp_path):
+    bundled = runtime.boot(None).path
+    monkeypatch.setenv("COMFYUI_PATH", str(bundled))
+    assert runtime.locate_comfyui() == (bundled.resolve(), "COMFYUI_PATH")
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    try:
+        runtime.locate_comfyui()
+    except RuntimeError as err:
+        assert "is not a ComfyUI checkout" in str(err) and str(tmp_path) in str(err)
+    else:
+        raise AssertionError("a folder without ComfyUI was accepted")
+
+
+def test_the_runtime_tree_is_not_written_to():
+    """Nothing in ComfyUI's own tree changed since this session started (bytecode caching is off and
+    every folder ComfyUI writes lives under the throw-away base directory)."""
+    import conftest
+
+    rt = runtime.boot(None)
+    changed = [p for p in rt.path.rglob("*") if p.stat().st_mtime > conftest.SESSION_START]
+    assert changed == []

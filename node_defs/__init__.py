@@ -1,0 +1,1 @@
+"""Node classes by concern; nodes.py is the registry ComfyUI reads."""
