@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import torch
 
@@ -52,3 +54,9 @@ def features(adapter: adapter_mod.Adapter, n: int = 1, seed: int = 0) -> torch.T
         return torch.randn(n, enc.width, generator=g)
     tokens = (enc.image_size // 14) ** 2 + 1
     return torch.randn(n, tokens, enc.width, generator=g)
+
+
+# The published layouts of every released checkpoint family (key names and full-size shapes), kept in
+# the repository so the conformance tests always run.
+LAYOUTS_PATH = Path(__file__).resolve().parent / "data" / "ipadapter_checkpoint_layouts.json"
+LAYOUTS = json.loads(LAYOUTS_PATH.read_text())

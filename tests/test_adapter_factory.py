@@ -1,6 +1,4 @@
 """The synthetic-checkpoint factory reproduces every released layout exactly, at full and tiny size."""
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -8,22 +6,12 @@ import torch
 from safetensors.torch import load_file
 
 from harness import adapter_factory, dims
+from support import LAYOUTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _manifest_path() -> Path | None:
-    candidates = [os.environ.get("IPADAPTER_LAYOUTS"), REPO_ROOT / "shared" / "ipadapter_checkpoint_layouts.json",
-                  REPO_ROOT.parent / "shared" / "ipadapter_checkpoint_layouts.json"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None
-
-
-MANIFEST_PATH = _manifest_path()
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH else None
-needs_manifest = pytest.mark.skipif(MANIFEST is None, reason="ipadapter_checkpoint_layouts.json not found (set IPADAPTER_LAYOUTS)")
+MANIFEST = LAYOUTS
 MANIFEST_FAMILIES = tuple(MANIFEST["families"]) if MANIFEST else ()
 KOLORS_FACEID = adapter_factory.KOLORS_FACEID
 
@@ -32,12 +20,10 @@ def _shapes(sd):
     return {k: list(t.shape) for k, t in sd.items()}
 
 
-@needs_manifest
 def test_families_are_the_manifest_plus_kolors_faceid():
     assert adapter_factory.FAMILIES == MANIFEST_FAMILIES + (KOLORS_FACEID,)
 
 
-@needs_manifest
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_processor_order_is_derived_from_the_unet_topology(arch):
     full = adapter_factory.processor_layout(arch, "full")
@@ -52,7 +38,6 @@ def test_processor_order_is_derived_from_the_unet_topology(arch):
         assert tiny_widths[full_widths.index(fw)] == tw
 
 
-@needs_manifest
 @pytest.mark.parametrize("family", MANIFEST_FAMILIES)
 def test_full_size_layout_equals_the_manifest(family):
     sd = adapter_factory.adapter_state_dict(family, scale="full", device="meta")

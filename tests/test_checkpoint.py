@@ -1,7 +1,5 @@
 """Reading IP-Adapter files and detecting their family from tensor names and shapes only."""
 import dataclasses
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness import adapter_factory, dims
+from support import LAYOUTS
 from ipadapter_next.ipadapter import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -16,16 +15,7 @@ TINY_WIDTHS = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EM
 KOLORS_FACEID = adapter_factory.KOLORS_FACEID
 
 
-def _manifest():
-    for c in (os.environ.get("IPADAPTER_LAYOUTS"), REPO_ROOT / "shared" / "ipadapter_checkpoint_layouts.json",
-              REPO_ROOT.parent / "shared" / "ipadapter_checkpoint_layouts.json"):
-        if c and Path(c).is_file():
-            return json.loads(Path(c).read_text())
-    return None
-
-
-MANIFEST = _manifest()
-needs_manifest = pytest.mark.skipif(MANIFEST is None, reason="ipadapter_checkpoint_layouts.json not found (set IPADAPTER_LAYOUTS)")
+MANIFEST = LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +102,6 @@ def _meta_from_manifest(entry):
             for s in ("image_proj", "ip_adapter")}
 
 
-@needs_manifest
 @pytest.mark.parametrize("family", list(MANIFEST["families"]) if MANIFEST else [])
 def test_detects_every_family_from_full_size_manifest_shapes(family):
     spec = checkpoint.detect(_meta_from_manifest(MANIFEST["families"][family]), source=f"{family}.safetensors")

@@ -1,7 +1,6 @@
 """The first node set, run as workflows through ComfyUI's own validator and executor on the fixture models."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,11 +14,11 @@ import folder_paths
 import nodes
 
 from harness import executor, workflow
+from support import LAYOUTS
 from ipadapter_next.ipadapter import adapter as adapter_mod
 from ipadapter_next.ipadapter import apply, checkpoint, encode, paths
 
 REPO = Path(__file__).resolve().parent.parent
-LAYOUTS = json.loads((REPO / "tests" / "data" / "ipadapter_checkpoint_layouts.json").read_text())
 REFERENCE = "reference_test.png"
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 VIT_G = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
@@ -160,3 +159,11 @@ def test_prep_image_for_clip_vision(position):
         assert out[:, 100:120].mean() > 0.2
     sharp = nodes.NODE_CLASS_MAPPINGS["PrepImageForClipVision"]().prep_image(image, "BICUBIC", position, 1.0)[0]
     assert not torch.equal(sharp, out) and sharp.min() >= 0 and sharp.max() <= 1
+
+
+def test_sd15_adapter_on_an_sdxl_model_is_refused_too():
+    from support import tiny_adapter, tiny_unet
+
+    with pytest.raises(apply.ModelMismatchError) as err:
+        apply.check_model(tiny_adapter("ip-adapter-plus_sd15"), tiny_unet("sdxl"))
+    assert "is an SD1.5 IP-Adapter (16 cross-attention layers) but the connected model is SDXL" in str(err.value)

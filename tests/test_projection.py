@@ -11,10 +11,7 @@ not taken from our modules, so a wrong key name or shape in the library fails he
 """
 from __future__ import annotations
 
-import json
-import os
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +19,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
 
 from harness.dims import RESAMPLER_DIM_HEAD, TINY_CLIP, TINY_FACE_EMBED, TINY_UNET
+from support import LAYOUTS
 from ipadapter_next.ipadapter import projection
 
 ATOL = 1e-5
@@ -358,32 +356,14 @@ FAMILY_KIND = {
 }
 
 
-def _find_manifest() -> Path | None:
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [
-        os.environ.get("IPADAPTER_LAYOUTS"),
-        repo / "tests" / "data" / "ipadapter_checkpoint_layouts.json",
-        repo / "shared" / "ipadapter_checkpoint_layouts.json",
-        repo.parent / "shared" / "ipadapter_checkpoint_layouts.json",
-    ]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return Path(path)
-    return None
+MANIFEST = LAYOUTS["families"]
 
 
-MANIFEST_PATH = _find_manifest()
-MANIFEST = json.loads(MANIFEST_PATH.read_text())["families"] if MANIFEST_PATH else {}
-needs_manifest = pytest.mark.skipif(MANIFEST_PATH is None, reason="ipadapter_checkpoint_layouts.json not found")
-
-
-@needs_manifest
 def test_family_table_covers_the_manifest():
     assert set(FAMILY_KIND) == set(MANIFEST)
     assert set(FAMILY_KIND.values()) == set(projection.PROJECTION_KINDS)
 
 
-@needs_manifest
 @pytest.mark.parametrize("family", sorted(FAMILY_KIND))
 def test_full_size_layout_builds_on_meta(family):
     layout = {k: tuple(s) for k, s in MANIFEST[family]["image_proj"].items()}
@@ -393,7 +373,6 @@ def test_full_size_layout_builds_on_meta(family):
     assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == layout
 
 
-@needs_manifest
 def test_full_size_hyperparameters_match_the_reference_table():
     """Spot-check the inferred hyperparameters against reference-math 1.2."""
     def build(family):
