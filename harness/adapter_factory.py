@@ -38,8 +38,10 @@ __all__ = [
     "FamilyLayout",
     "adapter_state_dict",
     "layout",
+    "lora_state_dict",
     "processor_layout",
     "write_checkpoint",
+    "write_lora",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -320,4 +322,41 @@ def write_checkpoint(family: str, path: str | Path, scale: str = "tiny", seed: i
         torch.save(sd, path)
     else:
         raise ValueError(f"write_checkpoint: unsupported suffix {suffix!r} (use .safetensors or .bin)")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The separately published FaceID LoRA files (``*_lora.safetensors``)
+# --------------------------------------------------------------------------------------------------
+_LORA_PROJECTIONS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+
+
+def lora_state_dict(family: str, scale: str = "tiny", seed: int = 0) -> dict[str, torch.Tensor]:
+    """The checkpoint's own LoRA (same tensors, same seed) under kohya key names, as the published
+    ``*_lora.safetensors`` files hold it: ``lora_unet_<diffusers module path with _>.lora_{down,up}.weight``
+    plus ``.alpha`` equal to the rank (scale 1, as the checkpoint's LoRA has no alpha)."""
+    f = layout(family)
+    if not f.lora:
+        raise ValueError(f"{family} has no FaceID LoRA; families with one: "
+                         f"{', '.join(x.name for x in _LAYOUTS if x.lora)}")
+    ip = adapter_state_dict(family, scale=scale, seed=seed)["ip_adapter"]
+    out: dict[str, torch.Tensor] = {}
+    for n, (name, _) in enumerate(processor_layout(f.arch, scale)):
+        module = name.removesuffix(".processor")
+        for proj, target in _LORA_PROJECTIONS.items():
+            key = "lora_unet_" + f"{module}.{target}".replace(".", "_")
+            down, up = ip[f"{n}.{proj}_lora.down.weight"], ip[f"{n}.{proj}_lora.up.weight"]
+            out[f"{key}.lora_down.weight"] = down
+            out[f"{key}.lora_up.weight"] = up
+            out[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
+    return out
+
+
+def write_lora(family: str, path: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
+    """Write ``family``'s FaceID LoRA as a kohya-format ``.safetensors`` file (see ``lora_state_dict``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: t.contiguous() for k, t in lora_state_dict(family, scale, seed).items()}, str(path))
     return path

@@ -66,15 +66,28 @@ def to_api(workflow: dict, node_classes: dict) -> dict:
     return prompt
 
 
-def use_tiny_models(prompt: dict, checkpoint_name: str, size: int = 64, steps: int = 4) -> dict:
-    """Point an API prompt's SD1.5 checkpoint at the tiny fixture and shrink the latent and step count.
+# Canonical checkpoint names in the example workflows -> the tiny fixture of the same architecture.
+TINY_CHECKPOINTS = {
+    "v1-5-pruned-emaonly.safetensors": "tiny_sd15.safetensors",
+    "sd_xl_base_1.0.safetensors": "tiny_sdxl.safetensors",
+}
 
-    IP-Adapter and CLIP vision files keep their canonical names: the fixture tree has them.
+
+def use_tiny_models(prompt: dict, checkpoint_name: str | None = None, size: int = 64, steps: int = 4) -> dict:
+    """Point an API prompt's checkpoints at the tiny fixtures and shrink the latent and step count.
+
+    Without ``checkpoint_name`` each checkpoint is mapped by architecture (``TINY_CHECKPOINTS``); with
+    it every checkpoint becomes that file. IP-Adapter and CLIP vision files keep their canonical names:
+    the fixture tree has them.
     """
-    for node in prompt.values():
+    for node_id, node in prompt.items():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = checkpoint_name
+            name = inputs["ckpt_name"]
+            if checkpoint_name is None and name not in TINY_CHECKPOINTS:
+                raise KeyError(f"node {node_id} loads checkpoint {name!r}, which has no tiny stand-in; "
+                               f"known: {', '.join(TINY_CHECKPOINTS)}")
+            inputs["ckpt_name"] = checkpoint_name or TINY_CHECKPOINTS[name]
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=size, height=size)
         elif node["class_type"] in ("KSampler", "KSamplerAdvanced") and isinstance(inputs.get("steps"), int):

@@ -19,6 +19,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from .checkpoint import AdapterSpec, detect, read_checkpoint
+from .model_files import known_widths
 from .projection import build_projection
 
 
@@ -162,7 +163,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     if hit is not None:
         return hit
     sections = read_checkpoint(path)
-    spec = detect(sections, source=os.path.basename(path))
+    spec = detect(sections, source=os.path.basename(path), widths=known_widths())
     adapter = build_adapter(sections, spec, source=os.path.basename(path))
     with _cache_lock:
         _cache[key] = adapter

@@ -9,10 +9,12 @@ from torch import Tensor
 from comfy.ldm.modules.attention import SpatialTransformer
 
 from .adapter import Adapter
-from .attention import AdapterEntry, apply_entry
+from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .layers import ARCHITECTURES, layer_map
-from .weights import EMBEDS_SCALING, resolve_layer_weights
+from .tiles import enhance_features, tile_reference
+from .weights import (COMPOSITION_LAYERS, EMBEDS_SCALING, Weight, as_frame_weights,
+                      resolve_layer_weights)
 
 _ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
@@ -79,7 +81,13 @@ class Embeds:
 
 
 def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Tensor | None = None,
-               batch_size: int = 0, negative_mode: str = "black image", mask: Tensor | None = None) -> Embeds:
+               batch_size: int = 0, negative_mode: str = "black image", mask: Tensor | None = None,
+               enhance_tiles: int = 1, enhance_ratio: float = 1.0) -> Embeds:
+    """Encoder features of ``image`` and of the negative; ``enhance_tiles`` > 1 adds the ClipVision
+    Enhancer's tile features (see ``tiles.enhance_features``; the negative is never tiled)."""
+    from .faceid import require_non_faceid  # faceid builds on this module
+
+    require_non_faceid(adapter)
     if clip_vision is None:
         raise ValueError(
             f"{adapter.name} needs a CLIP vision model: connect `clip_vision` (Load CLIP Vision with "
@@ -89,6 +97,8 @@ def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Ten
     output = adapter.spec.encoder.output
     cond = encode_images(clip_vision, image, output, batch_size, mask=mask)
     uncond = negative_embeds(clip_vision, output, cond, image_negative, negative_mode, batch_size)
+    if enhance_tiles > 1:
+        cond = enhance_features(clip_vision, image, cond, output, enhance_tiles, enhance_ratio, batch_size)
     return Embeds(cond, uncond)
 
 
@@ -123,7 +133,7 @@ def apply_adapter(
     adapter: Adapter,
     embeds: Embeds,
     *,
-    weight: float = 1.0,
+    weight: Weight | list[float] = 1.0,
     weight_type: str = "linear",
     combine: str = "concat",
     start_at: float = 0.0,
@@ -135,9 +145,47 @@ def apply_adapter(
     boost: float | None = None,
     layer_weights=None,
     mask_interpolation: str = "bilinear",
+    token_transform=None,
 ):
-    """Return a patched clone of ``model``; ``model`` itself is unchanged."""
+    """Return a patched clone of ``model``; ``model`` itself is unchanged.
+
+    ``weight`` may be a list (one value per frame, e.g. from IPAdapter Weights): with ``unfold`` latent i
+    gets weight i, otherwise the first value is used, as in the old extension.
+    ``token_transform`` maps the projected tokens before the patch uses them (Kolors FaceID: the UNet's
+    encoder_hid_proj)."""
     check_model(adapter, model)
+    weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
+                                    weight_composition, boost, layer_weights)
+    entry = make_entry(model, adapter, embeds, weights, combine=combine, start_at=start_at, end_at=end_at,
+                       embeds_scaling=embeds_scaling, attn_mask=attn_mask, unfold=unfold,
+                       mask_interpolation=mask_interpolation, token_transform=token_transform)
+    return apply_entry(model, entry, adapter.spec.arch)
+
+
+def frame_weight(weight, unfold: bool) -> Weight:
+    """A number, or with ``unfold`` a per-frame tensor when several values are given."""
+    w = as_frame_weights(weight)
+    if isinstance(w, Tensor) and not unfold:
+        return float(w[0])
+    return w
+
+
+def make_entry(
+    model,
+    adapter: Adapter,
+    embeds: Embeds,
+    weights: dict,
+    *,
+    combine: str = "concat",
+    start_at: float = 0.0,
+    end_at: float = 1.0,
+    embeds_scaling: str = "V only",
+    attn_mask: Tensor | None = None,
+    unfold: bool = False,
+    mask_interpolation: str = "bilinear",
+    token_transform=None,
+) -> AdapterEntry:
+    """Combine and project ``embeds`` and bundle them with resolved per-layer ``weights`` into one entry."""
     if embeds_scaling not in EMBEDS_SCALING:
         raise ValueError(f"unknown embeds_scaling {embeds_scaling!r}; choose one of {EMBEDS_SCALING}")
     cond, uncond = embeds.cond, embeds.uncond
@@ -150,10 +198,11 @@ def apply_adapter(
         uncond_tokens = adapter.project(uncond, dtype=dtype, **embeds.uncond_extra)
     else:
         cond_tokens, uncond_tokens = project_pair(adapter, cond, uncond, compute_dtype(model))
-    weights = resolve_layer_weights(adapter.spec.arch, weight_type, weight, weight_composition, boost, layer_weights)
+    if token_transform is not None:
+        cond_tokens, uncond_tokens = token_transform(cond_tokens), token_transform(uncond_tokens)
     sampling = model.get_model_object("model_sampling")
     widths = adapter.layer_widths
-    entry = AdapterEntry(
+    return AdapterEntry(
         layers=adapter.model.ip_adapter,
         patchers=(adapter.patcher,),
         cond=cond_tokens,
@@ -168,4 +217,75 @@ def apply_adapter(
         layer_widths=widths,
         max_width=max(widths.values()),
     )
-    return apply_entry(model, entry, adapter.spec.arch)
+
+
+STYLE_COMPOSITION_SDXL_ONLY = "Style + Composition transfer is only available for SDXL models at the moment."
+
+
+def split_composition(weights: dict, arch: str) -> tuple[dict, dict]:
+    """(style layers, composition layers) of a resolved weight map."""
+    comp = set(COMPOSITION_LAYERS[arch])
+    t_idx = {s.key: s.transformer_index for s in layer_map(arch)}
+    style = {k: w for k, w in weights.items() if t_idx[k] not in comp}
+    composition = {k: w for k, w in weights.items() if t_idx[k] in comp}
+    return style, composition
+
+
+def apply_style_composition(
+    model,
+    adapter: Adapter,
+    style: Embeds,
+    composition: Embeds,
+    *,
+    weight_style: Weight | list[float] = 1.0,
+    weight_composition: float = 1.0,
+    expand_style: bool = False,
+    unfold: bool = False,
+    **entry_options,
+):
+    """Style image on the style layers, composition image on the composition layers (SDXL only).
+
+    Two entries, one per image: each layer has exactly one of them, which is the old extension's
+    "cond_alt" (the composition tokens replace the style tokens at the composition layer).
+    ``expand_style`` puts the style image on every other layer ("strong style and composition").
+    """
+    check_model(adapter, model)
+    arch = adapter.spec.arch
+    if arch != "sdxl":
+        raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {_ARCH_NAMES[arch]} adapter: use "
+                         "an SDXL model and adapter, or on SD1.5 use IPAdapter Advanced with weight_type "
+                         "'style and composition' (one image for both).")
+    weight_type = "strong style and composition" if expand_style else "style and composition"
+    weights = resolve_layer_weights(arch, weight_type, frame_weight(weight_style, unfold), weight_composition)
+    style_weights, composition_weights = split_composition(weights, arch)
+    entries = [make_entry(model, adapter, embeds, w, unfold=unfold, **entry_options)
+               for embeds, w in ((style, style_weights), (composition, composition_weights)) if w]
+    return apply_entries(model, entries, arch)
+
+
+def apply_tiled(
+    model,
+    adapter: Adapter,
+    clip_vision,
+    image: Tensor,
+    *,
+    weight: Weight | list[float] = 1.0,
+    weight_type: str = "linear",
+    sharpening: float = 0.0,
+    attn_mask: Tensor | None = None,
+    image_negative: Tensor | None = None,
+    batch_size: int = 0,
+    negative_mode: str = "black image",
+    unfold: bool = False,
+    **entry_options,
+) -> tuple[object, Tensor, Tensor]:
+    """IPAdapter Tiled: cut the reference into 256-pixel tiles (see ``tiles.tile_reference``) and apply
+    each tile with a mask that covers its own region. Returns (model, tiles, masks)."""
+    check_model(adapter, model)
+    tiles, masks = tile_reference(image, attn_mask, sharpening)
+    weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold))
+    entries = []
+    for tile, mask in zip(tiles, masks):
+        embeds = encode_for(adapter, clip_vision, tile, image_negative, batch_size, negative_mode)
+        entries.append(make_entry(model, adapter, embeds, weights, attn_mask=mask, unfold=unfold, **entry_options))
+    return apply_entries(model, entries, adapter.spec.arch), torch.cat(tiles), torch.cat(masks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from .layers import AttnKey, LayerSite, layer_map
 from .masks import resample_mask, token_grid
 from .weights import LayerWeight
 
+# AnimateDiff context windows: (full_length, sub_idxs) of the frames this UNet call sees, or None.
+Frames = tuple[int, tuple[int, ...]] | None
+
 
 @dataclass(frozen=True, eq=False)
 class AdapterEntry:
@@ -30,7 +33,7 @@ class AdapterEntry:
     patchers: tuple  # ModelPatchers that hold the weights, loaded with the UNet
     cond: torch.Tensor  # [N, T, C] projected tokens of the reference image(s)
     uncond: torch.Tensor  # [N or 1, T, C] tokens of the negative
-    weights: Mapping[AttnKey, LayerWeight]  # only layers with a non-zero weight
+    weights: Mapping[AttnKey, LayerWeight]  # only layers with a non-zero weight; a weight may be per frame
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     mask: torch.Tensor | None = None  # [B, H, W] in [0, 1]
@@ -45,24 +48,22 @@ class AdapterEntry:
     def active(self, sigma: float | None) -> bool:
         return sigma is None or self.sigma_end <= sigma <= self.sigma_start
 
-    # K/V per layer, device and dtype: computed once, reused by every step of every sampling run.
+    # Raw K/V per layer, device and dtype: computed once, reused by every step of every sampling run.
     def _kv(self, site: LayerSite, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         key = ("kv", site.key, q.device, q.dtype)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         layer = self.layers[str(site.ckpt_index)]
-        lw = self.weights[site.key]
         cond, uncond = self._token_batches()
-        if lw.swap:  # cond sees no image, uncond sees the reference
+        if self.weights[site.key].swap:  # cond sees no image, uncond sees the reference
             cond, uncond = torch.zeros_like(cond), cond
         # Weights may be stored in another dtype or device than q: cast them here, once per layer.
         wk = layer.to_k_ip.weight.to(q.device, q.dtype)
         wv = layer.to_v_ip.weight.to(q.device, q.dtype)
         cond, uncond = cond.to(q.device, q.dtype), uncond.to(q.device, q.dtype)
         with torch.no_grad():
-            kc, vc, ku, vu = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
-        out = self._scaled(site, lw.weight, kc, vc, ku, vu)
+            out = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
         with self._lock:
             self._cache[key] = out
         return out
@@ -77,6 +78,7 @@ class AdapterEntry:
         return cond, uncond
 
     def _scaled(self, site, w, kc, vc, ku, vu):
+        """``w`` is a number or a [rows, 1, 1] tensor of per-frame weights (one per latent)."""
         if self.scaling == "V only":  # Attn(q, K, w V) = w Attn(q, K, V): scale once here, not per call
             return kc, vc * w, ku, vu * w
         if self.scaling == "K+V":
@@ -92,25 +94,33 @@ class AdapterEntry:
             return kc * wp, mean_scaled(vc), ku * wp, mean_scaled(vu)
         raise ValueError(f"unknown embeds_scaling {self.scaling!r}")
 
-    def kv_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V laid out like q's batch: one chunk per cond_or_uncond entry (1 = uncond, else cond)."""
+    def kv_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...],
+                 frames: Frames = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V laid out like q's batch: one chunk per cond_or_uncond entry (1 = uncond, else cond).
+
+        Unfolded, row i of each chunk holds image i and weight i (both cut or padded to the batch, or
+        picked by an AnimateDiff context window ``frames``); otherwise every row holds all images.
+        """
         per = q.shape[0] // len(cond_or_uncond)
-        key = ("batch", site.key, q.device, q.dtype, cond_or_uncond, per)
+        key = ("batch", site.key, q.device, q.dtype, cond_or_uncond, per, frames)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        kc, vc, ku, vu = self._kv(site, q)
-        ks, vs = [], []
-        for c in cond_or_uncond:
-            k, v = (ku, vu) if c == 1 else (kc, vc)
-            ks.append(_resize_batch(k, per))
-            vs.append(_resize_batch(v, per))
-        out = (torch.cat(ks), torch.cat(vs))
+        tokens_frames = frames if self.unfold else None
+        kc, vc, ku, vu = (_frame_rows(t, per, tokens_frames) for t in self._kv(site, q))
+        w = self.weights[site.key].weight
+        if isinstance(w, torch.Tensor):
+            w = _frame_rows(w, per, frames).to(q.device, q.dtype).view(-1, 1, 1)
+        with torch.no_grad():
+            kc, vc, ku, vu = self._scaled(site, w, kc, vc, ku, vu)
+            out = (torch.cat([ku if c == 1 else kc for c in cond_or_uncond]),
+                   torch.cat([vu if c == 1 else vc for c in cond_or_uncond]))
         with self._lock:
             self._cache[key] = out
         return out
 
-    def mask_batch(self, q: torch.Tensor, extra_options: dict, n_chunks: int) -> torch.Tensor | None:
+    def mask_batch(self, q: torch.Tensor, extra_options: dict, n_chunks: int,
+                   frames: Frames = None) -> torch.Tensor | None:
         if self.mask is None:
             return None
         seq_len = q.shape[1]
@@ -118,13 +128,13 @@ class AdapterEntry:
         act = extra_options.get("activations_shape")
         grid = token_grid(seq_len, latent_hw, tuple(act[-2:]) if act is not None else None)
         per = q.shape[0] // n_chunks
-        key = ("mask", grid, q.device, q.dtype, n_chunks, per)
+        key = ("mask", grid, q.device, q.dtype, n_chunks, per, frames)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         m = resample_mask(self.mask, grid, self.mask_interpolation)
         if m.shape[0] > 1:  # one mask per latent: lay it out like the batch
-            m = _resize_batch(m, per).repeat(n_chunks, 1, 1)
+            m = _frame_rows(m, per, frames).repeat(n_chunks, 1, 1)
         m = m.to(q.device, q.dtype)
         with self._lock:
             self._cache[key] = m
@@ -140,6 +150,21 @@ def _resize_batch(t: torch.Tensor, n: int) -> torch.Tensor:
     if t.shape[0] > n:
         return t[:n]
     return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])])
+
+
+def _frame_rows(t: torch.Tensor, per: int, frames: Frames) -> torch.Tensor:
+    """Rows for the latents of this call: the batch, or the context window's frames of the whole animation."""
+    if frames is None:
+        return _resize_batch(t, per)
+    full_length, sub_idxs = frames
+    return _resize_batch(t, full_length)[list(sub_idxs)]
+
+
+def _frames(extra_options: dict) -> Frames:
+    ad = extra_options.get("ad_params")
+    if not ad or ad.get("sub_idxs") is None:
+        return None
+    return int(ad["full_length"]), tuple(int(i) for i in ad["sub_idxs"])
 
 
 # The current sigma as a float, read once per UNet call: every patch of that call sees the same
@@ -179,15 +204,19 @@ class IPAttention:
             return out
         sigma = _current_sigma(extra_options)
         cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
+        frames = _frames(extra_options)
         owned = False  # out is a tensor this call made (not the inner patch's): safe to add into
         for entry in self._weighted:
             if not entry.active(sigma):
                 continue
-            ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond)
+            if frames is None:
+                ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond)
+            else:
+                ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond, frames)
             # A handful of image tokens: PyTorch's fused attention is the fast choice on every device
             # (ComfyUI's CPU default, sub-quadratic chunking, costs 2-3x more per call here).
             ip = comfy_attention.attention_pytorch(q, ip_k, ip_v, heads)
-            mask = entry.mask_batch(q, extra_options, len(cond_or_uncond))
+            mask = entry.mask_batch(q, extra_options, len(cond_or_uncond), frames)
             if mask is not None:
                 ip.mul_(mask)
             if owned:
@@ -223,13 +252,19 @@ def attn2_patches(model) -> dict:
 
 def apply_entry(model, entry: AdapterEntry, arch: str):
     """Clone ``model`` and add ``entry`` at every cross-attention site of ``arch``; the input is unchanged."""
+    return apply_entries(model, (entry,), arch)
+
+
+def apply_entries(model, entries: Sequence[AdapterEntry], arch: str):
+    """Clone ``model`` once and add every entry (in order) at every cross-attention site of ``arch``."""
     patched = model.clone()
     current = attn2_patches(patched)
+    added = tuple(entries)
     for site in layer_map(arch):
         existing = current.get(site.key, current.get(site.key[:2]))
         if isinstance(existing, IPAttention):
-            new = IPAttention(site, existing.entries + (entry,), existing.inner)
+            new = IPAttention(site, existing.entries + added, existing.inner)
         else:
-            new = IPAttention(site, (entry,), existing)
+            new = IPAttention(site, added, existing)
         patched.set_model_attn2_replace(new, site.key[0], site.key[1], site.key[2])
     return patched

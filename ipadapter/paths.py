@@ -5,7 +5,7 @@ import os
 
 import folder_paths
 
-FOLDERS = ("ipadapter",)
+FOLDERS = ("ipadapter", "insightface")
 
 
 def register_model_folders() -> None:

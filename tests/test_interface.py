@@ -18,7 +18,7 @@ from harness import runtime
 OLD = json.loads((Path(__file__).parent / "data" / "ipadapter_plus_interface.json").read_text())["nodes"]
 PACK = __import__(runtime.PACK_NAME).NODE_CLASS_MAPPINGS
 SHARED = sorted(set(PACK) & set(OLD))
-FIELDS = ("default", "min", "max", "step")
+FIELDS = ("default", "min", "max", "step", "multiline")
 
 
 def describe(spec) -> dict:
