@@ -20,7 +20,7 @@ import folder_paths
 
 from harness import adapter_factory, dims, executor, tiny_models
 from ipadapter_next.ipadapter import adapter as adapter_mod
-from ipadapter_next.ipadapter import attention, checkpoint, faceid
+from ipadapter_next.ipadapter import attention, checkpoint, faceid, model_files
 from ipadapter_next.ipadapter.encode import encode_images, negative_embeds
 from support import sample
 
@@ -277,6 +277,16 @@ def test_face_embeds_round_trip_keeps_raw_and_normed(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # The nodes, headless, on the fixture models tree
 # --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_widths():
+    """Let the loaders name the tiny stand-in encoders and face width (portrait-unnorm is told apart from
+    SDXL Plus by its input being a face embedding)."""
+    widths = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EMBED)
+    model_files.register_widths(widths)
+    yield
+    model_files.unregister_widths(widths)
+
+
 def faceid_graph(ipadapter_file, *, ckpt="tiny_sd15.safetensors", node="IPAdapterFaceID", weight=1.0, lora=None,
                  clip_name="CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", prefix="faceid", extra=None):
     sdxl = "sdxl" in ckpt
@@ -310,9 +320,14 @@ def image_of(result):
     ("ip-adapter-faceid-plusv2_sd15.safetensors", "tiny_sd15.safetensors", 0.6),
     ("ip-adapter-faceid-portrait_sd15.safetensors", "tiny_sd15.safetensors", None),
     ("ip-adapter-faceid-plusv2_sdxl.safetensors", "tiny_sdxl.safetensors", 0.6),
+    ("ip-adapter-faceid_sdxl.safetensors", "tiny_sdxl.safetensors", 0.6),
+    ("ip-adapter-faceid-portrait_sdxl.safetensors", "tiny_sdxl.safetensors", None),
+    ("ip-adapter-faceid-portrait_sdxl_unnorm.safetensors", "tiny_sdxl.safetensors", None),
 ])
-def test_faceid_node_runs_headless_with_supplied_face_embeds(ipadapter_file, ckpt, lora):
+def test_faceid_node_runs_headless_with_supplied_face_embeds(ipadapter_file, ckpt, lora, tiny_widths):
     stem = Path(ipadapter_file).stem
+    spec = adapter_mod.load_adapter(folder_paths.get_full_path("ipadapter", ipadapter_file)).spec
+    assert spec.is_faceid and spec.family == checkpoint.family(stem).name
     plain = image_of(executor.run_prompt(faceid_graph(ipadapter_file, ckpt=ckpt, weight=0.0, prefix=f"{stem}_w0")))
     result = executor.run_prompt(faceid_graph(ipadapter_file, ckpt=ckpt, lora=lora, prefix=stem))
     image = image_of(result)
