@@ -288,7 +288,7 @@ class Resampler(PerceiverResampler):
         return super().forward(latents, x)
 
 
-class FaceIDPlusProjModel(nn.Module):
+class FaceIDPlusProjModel(FaceIDProjModel):
     """FaceID-Plus / Plus v2: face-ID tokens refined by a perceiver over CLIP features of the face crop.
 
     ``proj``/``norm`` are the FaceID MLP (face-ID embedding -> T tokens of width C); those tokens are the
@@ -308,17 +308,8 @@ class FaceIDPlusProjModel(nn.Module):
         dim_head: int = PERCEIVER_DIM_HEAD,
         ff_mult: int = 4,
     ) -> None:
-        super().__init__()
-        hidden_dim = 2 * id_embeddings_dim if hidden_dim is None else hidden_dim
+        super().__init__(cross_attention_dim, id_embeddings_dim, num_tokens, hidden_dim)  # proj / norm: the ID MLP
         heads = cross_attention_dim // dim_head if heads is None else heads
-        self.cross_attention_dim = cross_attention_dim
-        self.num_tokens = num_tokens
-        self.proj = nn.Sequential(
-            nn.Linear(id_embeddings_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, num_tokens * cross_attention_dim),
-        )
-        self.norm = nn.LayerNorm(cross_attention_dim)
         self.perceiver_resampler = PerceiverResampler(
             dim=cross_attention_dim,
             depth=depth,
@@ -335,8 +326,7 @@ class FaceIDPlusProjModel(nn.Module):
         ``shortcut=True`` (Plus v2) returns ``id_tokens + scale * perceiver_out``; otherwise the perceiver
         output alone (v1).
         """
-        x = self.proj(_match_weight_dtype(id_embeds, self.proj[0].weight))  # [B, T*C]
-        id_tokens = self.norm(x.reshape(-1, self.num_tokens, self.cross_attention_dim))  # [B, T, C]
+        id_tokens = super().forward(id_embeds)  # [B, T, C]
         out = self.perceiver_resampler(id_tokens, clip_embeds)
         if shortcut:
             out = id_tokens + scale * out
