@@ -112,8 +112,12 @@ def init_nodes(load_pack: bool = True) -> None:
     """Register ComfyUI's built-in extra nodes and (optionally) this pack through ComfyUI's own loader."""
     import nodes
 
-    logging.getLogger().setLevel(logging.WARNING)
+    root = logging.getLogger()
+    # ComfyUI logs a traceback per built-in node module it cannot import (its audio nodes need torchaudio,
+    # which has no build for this torch); those modules are not used here, so keep the output readable.
+    root.setLevel(logging.ERROR)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    root.setLevel(logging.WARNING)
     if load_pack:
         load_this_pack()
 

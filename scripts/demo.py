@@ -78,7 +78,8 @@ def main() -> None:
     else:
         missing = [f"{folder}/{name}" for folder, name in REAL_FILES.items() if not (real_dir / folder / name).is_file()]
         print(f"models: TINY SYNTHETIC stand-ins (random weights, the image is noise); to use real models put "
-              f"{', '.join(missing)} under {real_dir}")
+              f"{', '.join(missing)} under {real_dir} (or point COMFYUI_PATH at your ComfyUI, or "
+              f"IPADAPTER_DEMO_MODELS at a models folder)")
         tiny_models.register_all()
         model_tree.build_models_dir(models)
         workflow.use_tiny_models(prompt, model_tree.fixture_paths(models).checkpoint_sd15_name)
