@@ -135,30 +135,22 @@ def apply_adapter(
     *,
     weight: Weight | list[float] = 1.0,
     weight_type: str = "linear",
-    combine: str = "concat",
-    start_at: float = 0.0,
-    end_at: float = 1.0,
-    embeds_scaling: str = "V only",
-    attn_mask: Tensor | None = None,
-    unfold: bool = False,
     weight_composition: float | None = None,
     boost: float | None = None,
     layer_weights=None,
-    mask_interpolation: str = "bilinear",
-    token_transform=None,
+    unfold: bool = False,
+    **entry_options,
 ):
     """Return a patched clone of ``model``; ``model`` itself is unchanged.
 
     ``weight`` may be a list (one value per frame, e.g. from IPAdapter Weights): with ``unfold`` latent i
-    gets weight i, otherwise the first value is used, as in the old extension.
-    ``token_transform`` maps the projected tokens before the patch uses them (Kolors FaceID: the UNet's
-    encoder_hid_proj)."""
+    gets weight i, otherwise the first value is used, as in the old extension. ``entry_options`` are
+    ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
+    token_transform)."""
     check_model(adapter, model)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
                                     weight_composition, boost, layer_weights)
-    entry = make_entry(model, adapter, embeds, weights, combine=combine, start_at=start_at, end_at=end_at,
-                       embeds_scaling=embeds_scaling, attn_mask=attn_mask, unfold=unfold,
-                       mask_interpolation=mask_interpolation, token_transform=token_transform)
+    entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
     return apply_entry(model, entry, adapter.spec.arch)
 
 

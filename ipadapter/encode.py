@@ -10,7 +10,8 @@ from torch import Tensor
 import comfy.clip_vision
 import comfy.model_management as mm
 
-from .checkpoint import FULL_WIDTHS, AdapterSpec
+from .checkpoint import AdapterSpec
+from .model_files import known_widths
 
 # Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
 _clip_preprocess = getattr(comfy.clip_vision, "clip_preprocess", None)
@@ -30,7 +31,7 @@ class EncoderMismatchError(ValueError):
 
 
 def describe_encoder(output: str, width: int) -> str:
-    known = FULL_WIDTHS.encoder(output, width)
+    known = known_widths().encoder(output, width)  # the real encoders and any registered stand-ins
     return known.name.removeprefix("CLIP ") if known is not None else "an encoder no IP-Adapter family uses"
 
 
