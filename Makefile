@@ -26,10 +26,10 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) dev/demo.py
 
 benchmark: setup
-	$(PY) scripts/benchmark.py
+	$(PY) dev/benchmark.py
 
 clean:
 	rm -rf $(VENV) .cache demo_output

@@ -1,11 +1,11 @@
 """ComfyUI entry point: ComfyUI imports this package from custom_nodes/ and reads the mappings.
 
-With ComfyUI_IPAdapter_plus also installed, no node is registered (see coexist.py): the two packs share
+With ComfyUI_IPAdapter_plus also installed, no node is registered (see node_defs/coexist.py): the two packs share
 node names, and all of one pack is better than a load-order-dependent mix of both.
 """
 import os
 
-from .coexist import custom_nodes_dirs, should_register
+from .node_defs.coexist import custom_nodes_dirs, should_register
 
 if should_register(custom_nodes_dirs(), own_dir=os.path.dirname(os.path.abspath(__file__))):
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

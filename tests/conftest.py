@@ -3,18 +3,14 @@
 Tests import the library as ``ipadapter_next.ipadapter`` (the module name ComfyUI gives the pack), so
 there is a single copy of every class whether a test calls the library or runs a workflow.
 """
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 SESSION_START = time.time()
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Appended, not prepended: the repository's own nodes.py must not shadow ComfyUI's `nodes` module.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))
-
+# `harness` comes from dev/ (pytest's `pythonpath` setting in pyproject.toml); the repository root is
+# never on sys.path, so the pack's nodes.py cannot shadow ComfyUI's `nodes` module.
 from harness import runtime  # noqa: E402
 
 BASE_DIRECTORY = Path(tempfile.mkdtemp(prefix="ipadapter-next-comfy-"))

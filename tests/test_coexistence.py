@@ -18,7 +18,7 @@ from harness import runtime
 REPO = Path(__file__).resolve().parent.parent
 OLD_KEYS = sorted(json.loads((Path(__file__).parent / "data" / "ipadapter_plus_interface.json").read_text())["nodes"])
 PACK = __import__(runtime.PACK_NAME)
-coexist = sys.modules[runtime.PACK_NAME + ".coexist"]
+coexist = sys.modules[runtime.PACK_NAME + ".node_defs.coexist"]
 
 FAKE_OLD_INIT = '''
 from .IPAdapterPlus import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

@@ -12,7 +12,7 @@ For each UI-format workflow:
    workflow runs with its InsightFace loader replaced by supplied face embeddings (insightface is not
    installed here; see ``without_insightface``).
 
-scripts/make_example_workflows.py makes the files; a test checks they are what it makes now.
+dev/make_example_workflows.py makes the files; a test checks they are what it makes now.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def test_the_files_are_what_the_generator_makes():
     made = GENERATOR.build_all()
     assert sorted(made) == FILES
     stale = [name for name, text in made.items() if (FOLDER / name).read_text() != text]
-    assert not stale, f"run scripts/make_example_workflows.py; out of date: {stale}"
+    assert not stale, f"run dev/make_example_workflows.py; out of date: {stale}"
 
 
 def test_the_builder_refuses_what_the_frontend_would_not_load():

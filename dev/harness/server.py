@@ -33,15 +33,15 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from harness import runtime
+from harness import DEV_DIR, runtime
 
 FIXTURE_NODE = "ipadapter_next_test_fixtures"
-_FIXTURE_NODE_SOURCE = '''"""Test-only custom node written by harness/server.py: registers the tiny fixture models."""
+_FIXTURE_NODE_SOURCE = '''"""Test-only custom node written by dev/harness/server.py: registers the tiny fixture models."""
 import sys
 
-REPO_ROOT = {repo!r}
-if REPO_ROOT not in sys.path:
-    sys.path.append(REPO_ROOT)  # appended: the repository's nodes.py must not shadow ComfyUI's
+DEV_DIR = {dev!r}
+if DEV_DIR not in sys.path:
+    sys.path.append(DEV_DIR)  # dev/, never the repository root: its nodes.py would shadow ComfyUI's
 
 from harness import tiny_models  # noqa: E402
 
@@ -52,7 +52,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {{}}
 
 
 LAUNCHER = "launch_comfyui.py"
-_LAUNCHER_SOURCE = '''"""Written by harness/server.py: run ComfyUI's main.py without the runtime tree's extra_model_paths.yaml."""
+_LAUNCHER_SOURCE = '''"""Written by dev/harness/server.py: run ComfyUI's main.py without the runtime tree's extra_model_paths.yaml."""
 import logging
 import os
 import runpy
@@ -109,7 +109,7 @@ def prepare_server_base(base: Path, build_models: bool = True) -> Path:
     base = runtime.prepare_base_directory(Path(base))
     node_dir = base / "custom_nodes" / FIXTURE_NODE
     node_dir.mkdir(parents=True, exist_ok=True)
-    (node_dir / "__init__.py").write_text(_FIXTURE_NODE_SOURCE.format(repo=str(runtime.REPO_ROOT)))
+    (node_dir / "__init__.py").write_text(_FIXTURE_NODE_SOURCE.format(dev=str(DEV_DIR)))
     comfy_path, _ = runtime.locate_comfyui()
     (base / LAUNCHER).write_text(_LAUNCHER_SOURCE.format(comfy=str(comfy_path)))
     if build_models:

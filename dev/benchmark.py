@@ -4,7 +4,7 @@ Full-size SD1.5 / SDXL UNet shapes with random weights, built through ComfyUI's 
 full-size synthetic adapters from the fixture factory. Variants are timed interleaved in one run, and
 overheads are medians of per-round ratios, so drift on a shared machine affects both sides alike.
 
-    .venv/bin/python scripts/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12]
+    .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12]
 """
 from __future__ import annotations
 
@@ -15,10 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-
-from harness import runtime  # noqa: E402
+from harness import REPO_ROOT as REPO, runtime
 
 runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-bench-")))
 runtime.init_nodes(load_pack=True)

@@ -39,7 +39,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 
 from harness.dims import TINY_CLIP, TINY_UNET, ClipVisionDims
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness import REPO_ROOT
 CONFIG_CACHE = REPO_ROOT / ".cache" / "fixtures" / "configs"
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ named by ``IPADAPTER_DEMO_MODELS``):
 Otherwise it runs the same workflow on tiny synthetic stand-ins (random weights: the image is noise,
 but every node, the adapter and the sampler really run) and says so.
 
-    .venv/bin/python scripts/demo.py [--reference image.png] [--output-dir demo_output]
+    .venv/bin/python dev/demo.py [--reference image.png] [--output-dir demo_output]
 """
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))
-
-from harness import runtime  # noqa: E402
+from harness import REPO_ROOT as REPO, runtime
 
 WORKFLOW = REPO / "example_workflows" / "ipadapter_simple.json"
 REAL_FILES = {

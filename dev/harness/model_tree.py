@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness import REPO_ROOT
 CACHE_ROOT = REPO_ROOT / ".cache" / "fixtures"
 FORMAT = 1  # bump to force a rebuild when the layout changes in a way the hashed sources do not show
 

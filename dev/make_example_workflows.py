@@ -2,7 +2,7 @@
 
 The JSON files are committed; this script documents how they were made and remakes them:
 
-    .venv/bin/python scripts/make_example_workflows.py [--check]
+    .venv/bin/python dev/make_example_workflows.py [--check]
 
 ``--check`` writes nothing and exits 1 when a committed file differs from what the script makes.
 Models are referenced by their canonical download names; reference images by the names below, which
@@ -16,11 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
-
-from harness.workflow_builder import Node, Output, Workflow  # noqa: E402
+from harness import REPO_ROOT as REPO
+from harness.workflow_builder import Node, Output, Workflow
 
 OUT_DIR = REPO / "example_workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -83,7 +80,7 @@ def loaders(g: Graph, ipadapter_file: str = PLUS_SD15) -> tuple[Node, Node]:
 # The workflows
 # --------------------------------------------------------------------------------------------------
 def simple() -> Workflow:
-    # Node ids are relied on by tests/test_nodes.py and scripts/demo.py: 4 Load Image, 6 the adapter, 12 Save Image.
+    # Node ids are relied on by tests/test_nodes.py and dev/demo.py: 4 Load Image, 6 the adapter, 12 Save Image.
     wf = Workflow("Basic image prompt: an SD1.5 checkpoint, IP-Adapter Plus and the CLIP ViT-H encoder. "
                   f"Put {REFERENCE} in ComfyUI's input folder (or pick any image).")
     ckpt = wf.node("CheckpointLoaderSimple", ckpt_name=SD15)
@@ -375,7 +372,7 @@ def main() -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(REPO)}")
     if stale:
-        print("out of date (run scripts/make_example_workflows.py): " + ", ".join(stale))
+        print("out of date (run dev/make_example_workflows.py): " + ", ".join(stale))
         return 1
     return 0
 

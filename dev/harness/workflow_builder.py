@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness import REPO_ROOT
 INTERFACE = REPO_ROOT / "tests" / "data" / "ipadapter_plus_interface.json"
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 # The value the frontend stores after a widget that has a companion widget.

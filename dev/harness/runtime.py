@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from harness import REPO_ROOT
 # The module name ComfyUI gives this pack when it loads it from ``custom_nodes/``: tests import the
 # library through it so that there is one copy of every class.
 PACK_NAME = "ipadapter_next"
