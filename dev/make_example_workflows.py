@@ -12,12 +12,13 @@ the old ComfyUI_IPAdapter_plus interface (harness.workflow_builder), so the file
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 from harness import REPO_ROOT as REPO
-from harness.workflow_builder import Node, Output, Workflow
+from harness.workflow_builder import Node, Output, Workflow, interface_nodes  # noqa: F401 (tests use it)
 
 OUT_DIR = REPO / "example_workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -346,7 +347,8 @@ WORKFLOWS = {
 
 
 def build_all() -> dict[str, str]:
-    """{file name: JSON text} for every example (ComfyUI must be booted: core nodes' schemas come from it)."""
+    """{file name: JSON text} for every example (the same text whichever ComfyUI runs: ComfyUI's own nodes
+    come from the pinned table in dev/harness/data/comfyui_core_nodes.json)."""
     return {f"{name}.json": make().dumps() for name, make in WORKFLOWS.items()}
 
 
@@ -360,8 +362,17 @@ def boot_comfyui() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    parser.add_argument("--pin-core-nodes", action="store_true",
+                        help="first rewrite the pinned table of ComfyUI's own nodes from the running ComfyUI "
+                             "(run it on the oldest runtime tested, ComfyUI 0.3.75)")
     args = parser.parse_args()
     boot_comfyui()
+    if args.pin_core_nodes:
+        from harness import core_nodes, workflow_builder
+
+        used = {node["type"] for path in OUT_DIR.glob("*.json") for node in json.loads(path.read_text())["nodes"]}
+        print(f"wrote {core_nodes.write_pinned(sorted(used - set(workflow_builder.interface_nodes()))).relative_to(REPO)}")
+        core_nodes.pinned.cache_clear()
     stale = []
     for name, text in build_all().items():
         path = OUT_DIR / name

@@ -37,7 +37,7 @@ FILES = sorted(p.name for p in FOLDER.glob("*.json"))
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "scripts" / "make_example_workflows.py")
+    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "dev" / "make_example_workflows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -165,6 +165,45 @@ def test_the_files_are_what_the_generator_makes():
     assert sorted(made) == FILES
     stale = [name for name, text in made.items() if (FOLDER / name).read_text() != text]
     assert not stale, f"run dev/make_example_workflows.py; out of date: {stale}"
+
+
+def test_the_running_comfyui_accepts_every_pinned_core_node():
+    """The example files are written from a pinned table of ComfyUI's own nodes (the same files on every
+    runtime); the ComfyUI running now must still offer each pinned input, choice and output."""
+    from harness import core_nodes
+
+    pinned = core_nodes.pinned()
+    used = {node["type"] for name in FILES for node in workflow.load(FOLDER / name)["nodes"]}
+    assert used - set(GENERATOR.interface_nodes()) == set(pinned), "re-pin: dev/make_example_workflows.py --pin-core-nodes"
+    problems = [p for kind, entry in pinned.items()
+                for p in core_nodes.incompatibilities(kind, entry, core_nodes.interface_entry(nodes.NODE_CLASS_MAPPINGS[kind]))]
+    assert problems == []
+
+
+def test_the_compatibility_check_catches_what_would_break_a_saved_workflow():
+    from harness import core_nodes
+
+    entry = {"required": [["seed", {"type": "INT"}], ["sampler", {"choices": ["euler", "ddim"]}],
+                          ["model", {"type": "MODEL"}]], "optional": [], "return_types": ["LATENT"]}
+    newer = {"required": [["seed", {"type": "INT"}], ["sampler", {"choices": ["euler", "ddim", "new"]}],
+                          ["model", {"type": "MODEL"}], ["extra", {"type": "FLOAT"}]],
+             "optional": [], "return_types": ["LATENT", "IMAGE"]}
+    assert core_nodes.incompatibilities("K", entry, newer) == []
+    dropped = dict(newer, required=[["seed", {"type": "INT"}], ["sampler", {"choices": ["euler"]}]])
+    assert core_nodes.incompatibilities("K", entry, dropped) == ["K.sampler no longer offers ['ddim']", "K.model is gone"]
+    swapped = dict(newer, required=[["sampler", {"choices": ["euler", "ddim"]}], ["seed", {"type": "INT"}],
+                                    ["model", {"type": "MODEL"}]], return_types=["IMAGE"])
+    assert core_nodes.incompatibilities("K", entry, swapped) == [
+        "K widgets were ['seed', 'sampler'], are now ordered ['sampler', 'seed']", "K output 0 was LATENT, is now ['IMAGE']"]
+
+
+def test_v3_combo_inputs_read_as_choices():
+    from harness import core_nodes
+
+    assert core_nodes.input_spec("operation", ("COMBO", {"options": ["multiply", "add"], "default": "add"})) == \
+        {"default": "add", "choices": ["multiply", "add"]}
+    assert core_nodes.input_spec("operation", (["multiply", "add"],)) == {"choices": ["multiply", "add"]}
+    assert core_nodes.input_spec("ckpt_name", (["a.safetensors"],)) == {"choices": []}
 
 
 def test_the_builder_refuses_what_the_frontend_would_not_load():

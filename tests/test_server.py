@@ -23,7 +23,8 @@ def comfy_server(tmp_path_factory, models_dir):
 
 
 def _pack_import_lines(log: str) -> list[str]:
-    pattern = re.compile(r"^\s*[\d.]+ seconds(?: \(IMPORT FAILED\))?: .*custom_nodes/" + re.escape(runtime.PACK_NAME) + r"\s*$", re.M)
+    # Newer ComfyUI prefixes log lines (a coloured "[INFO]"); only the line's end is compared.
+    pattern = re.compile(r"^.*?(?<![\d.])[\d.]+ seconds(?: \(IMPORT FAILED\))?: .*custom_nodes/" + re.escape(runtime.PACK_NAME) + r"\s*$", re.M)
     return pattern.findall(log)
 
 
@@ -38,7 +39,9 @@ def test_server_runs_the_pack_and_the_plain_workflow(comfy_server):
     assert len(lines) == 1, f"pack not in the custom-node import list:\n{srv.log_tail()}"
     assert "IMPORT FAILED" not in lines[0], lines[0]
     assert not re.search(r"IMPORT FAILED.*" + re.escape(runtime.PACK_NAME), log)
-    assert "not loading" in log and "extra_model_paths.yaml" in log  # the launcher kept the runtime's yaml out
+    tree_yaml = runtime.locate_comfyui()[0] / "extra_model_paths.yaml"
+    if tree_yaml.is_file():  # the horde tree ships one that would make main.py fail: the launcher keeps it out
+        assert "test launcher: not loading" in log
 
     info = srv.object_info()
     assert "CheckpointLoaderSimple" in info and "KSampler" in info

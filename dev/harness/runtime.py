@@ -113,8 +113,8 @@ def init_nodes(load_pack: bool = True) -> None:
     import nodes
 
     root = logging.getLogger()
-    # ComfyUI logs a traceback per built-in node module it cannot import (its audio nodes need torchaudio,
-    # which has no build for this torch); those modules are not used here, so keep the output readable.
+    # ComfyUI logs a traceback per optional built-in node module it cannot import (e.g. one whose extra
+    # package is missing); none of them is used here, so keep the output readable.
     root.setLevel(logging.ERROR)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     root.setLevel(logging.WARNING)

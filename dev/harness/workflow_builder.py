@@ -14,32 +14,25 @@ an input as the frontend does (its value stays in ``widgets_values``).
 
 Schemas (linkable inputs, widgets in frontend order, outputs) come from ``schema_for(kind)``: the old
 extension's interface table (tests/data/ipadapter_plus_interface.json) for its node keys, so the files
-do not depend on which of our nodes exist yet, and ComfyUI's registered classes for the rest.
+do not depend on which of our nodes exist yet; ComfyUI's own nodes from the pinned table of
+``harness.core_nodes`` (so the files are the same whichever ComfyUI version writes them).
 """
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, core_nodes
+
 INTERFACE = REPO_ROOT / "tests" / "data" / "ipadapter_plus_interface.json"
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 # The value the frontend stores after a widget that has a companion widget.
 COMPANION_VALUES = {"control_after_generate": "fixed", "image_upload": "image"}
-# ComfyUI inputs whose choices are a folder's contents (what is installed), not part of the interface.
-FILE_LIST_INPUTS = ("ckpt_name", "clip_name", "lora_name", "vae_name", "unet_name", "image")
 NODE_WIDTH = 320
 COLUMN_GAP = 60
 ROW_GAP = 40
-
-
-def _plain(kind) -> Any:
-    """ComfyUI's IO enum members (``IO.CONDITIONING``) as their plain string."""
-    return kind.value if isinstance(kind, enum.Enum) else kind
 
 
 @dataclass(frozen=True)
@@ -80,36 +73,16 @@ class NodeSchema:
         return next((w for w in self.widgets if w.name == name), None)
 
     @classmethod
-    def from_class(cls, node_class) -> "NodeSchema":
-        """From a registered node class's INPUT_TYPES / RETURN_TYPES / RETURN_NAMES."""
-        inputs, widgets = [], []
-        types = node_class.INPUT_TYPES()
-        for section in ("required", "optional"):
-            for name, spec in types.get(section, {}).items():
-                kind = _plain(spec[0])
-                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                if isinstance(kind, (list, tuple)):
-                    choices = () if name in FILE_LIST_INPUTS else tuple(kind)
-                    widgets.append(Widget(name, "COMBO", dict(opts), choices, _companion(opts)))
-                elif kind in WIDGET_KINDS and not opts.get("forceInput"):
-                    widgets.append(Widget(name, kind, dict(opts), (), _companion(opts)))
-                else:
-                    inputs.append((name, kind))
-        returns = [_plain(t) for t in node_class.RETURN_TYPES]
-        names = list(getattr(node_class, "RETURN_NAMES", None) or returns)
-        return cls(tuple(inputs), tuple(widgets), tuple(zip(names, returns)))
-
-    @classmethod
     def from_interface(cls, entry: dict) -> "NodeSchema":
         """From one node of the interface table (inputs in order with type, or choices)."""
         inputs, widgets = [], []
         for section in ("required", "optional"):
             for name, spec in entry.get(section, []):
+                opts = {k: v for k, v in spec.items() if k not in ("type", "choices")}
                 if "choices" in spec:
-                    opts = {"default": spec["default"]} if "default" in spec else {}
-                    widgets.append(Widget(name, "COMBO", opts, tuple(spec["choices"])))
-                elif spec["type"] in WIDGET_KINDS:
-                    widgets.append(Widget(name, spec["type"], {k: v for k, v in spec.items() if k != "type"}))
+                    widgets.append(Widget(name, "COMBO", opts, tuple(spec["choices"]), _companion(opts)))
+                elif spec["type"] in WIDGET_KINDS and not opts.get("forceInput"):
+                    widgets.append(Widget(name, spec["type"], opts, (), _companion(opts)))
                 else:
                     inputs.append((name, spec["type"]))
         returns = entry["return_types"]
@@ -122,19 +95,22 @@ def _companion(opts: dict) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _interface() -> dict:
+def interface_nodes() -> dict:
     return json.loads(INTERFACE.read_text())["nodes"]
 
 
 def schema_for(kind: str) -> NodeSchema:
-    """The old extension's interface for its node keys, else ComfyUI's registered class (needs ComfyUI booted)."""
-    if kind in _interface():
-        return NodeSchema.from_interface(_interface()[kind])
+    """The old extension's interface for its node keys, the pinned table for ComfyUI's own nodes (the
+    same file whichever ComfyUI runs), else the running ComfyUI's registered class (needs it booted)."""
+    if kind in interface_nodes():
+        return NodeSchema.from_interface(interface_nodes()[kind])
+    if kind in core_nodes.pinned():
+        return NodeSchema.from_interface(core_nodes.pinned()[kind])
     import nodes  # ComfyUI's registry
 
     if kind not in nodes.NODE_CLASS_MAPPINGS:
         raise KeyError(f"unknown node type {kind!r}")
-    return NodeSchema.from_class(nodes.NODE_CLASS_MAPPINGS[kind])
+    return NodeSchema.from_interface(core_nodes.interface_entry(nodes.NODE_CLASS_MAPPINGS[kind]))
 
 
 @dataclass(frozen=True)
