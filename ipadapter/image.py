@@ -26,11 +26,15 @@ def square(image: Tensor, position: str) -> Tensor:
 
 
 def resize(image: Tensor, size: int, interpolation: str) -> Tensor:
-    """Resize every image of a batch with PIL's filter ``interpolation``."""
+    """Resize every image of a batch with PIL's filter ``interpolation``.
+
+    The 8-bit conversion truncates (``x * 255`` cast to uint8), as torchvision's ``ToPILImage`` does:
+    the old extension's node converted that way, and saved workflows must give the same pixels.
+    """
     method = Image.Resampling[interpolation]
     out = []
     for img in image:
-        arr = (img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        arr = (img.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
         pil = Image.fromarray(arr).resize((size, size), resample=method)
         out.append(torch.from_numpy(np.asarray(pil).astype(np.float32) / 255.0))
     return torch.stack(out)
