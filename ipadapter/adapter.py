@@ -18,8 +18,10 @@ from torch import Tensor, nn
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from .checkpoint import AdapterSpec, detect, read_checkpoint
-from .model_files import known_widths
+from .detect import detect
+from .encoders import known_widths
+from .families import AdapterSpec
+from .files import file_identity, read_checkpoint
 from .projection import build_projection
 
 
@@ -155,9 +157,8 @@ _cache_lock = threading.Lock()
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
     """Read and detect the adapter at ``path``; a file already loaded and unchanged is reused."""
-    path = os.path.realpath(path)
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
+    key = file_identity(path)
+    path = key[0]
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:

@@ -6,57 +6,36 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from comfy.ldm.modules.attention import SpatialTransformer
-
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
-from .layers import ARCHITECTURES, layer_map
+from .errors import FaceIDError, ModelMismatchError
+from .layers import ARCH_NAMES, layer_map, model_arch
 from .tiles import enhance_features, tile_reference
-from .weights import (COMPOSITION_LAYERS, EMBEDS_SCALING, Weight, as_frame_weights,
-                      resolve_layer_weights)
-
-_ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+from .weights import COMPOSITION_LAYERS, Weight, as_frame_weights, find_embeds_scaling, resolve_layer_weights
 
 
-class ModelMismatchError(ValueError):
-    pass
-
-
-def unet_attn2_keys(model) -> list[tuple[str, int, int]]:
-    """The attn2 keys ComfyUI will emit for this MODEL, read from its UNet's SpatialTransformers."""
-    unet = model.get_model_object("diffusion_model")
-    keys = []
-    groups = [("input", list(enumerate(unet.input_blocks))), ("middle", [(0, unet.middle_block)]),
-              ("output", list(enumerate(unet.output_blocks)))]
-    for name, blocks in groups:
-        for block_id, block in blocks:
-            for layer in block:
-                if isinstance(layer, SpatialTransformer):
-                    keys.extend((name, block_id, j) for j in range(len(layer.transformer_blocks)))
-    return keys
-
-
-def model_arch(model) -> str | None:
-    try:
-        keys = unet_attn2_keys(model)
-    except AttributeError:  # not a UNet (DiT/flow models)
-        return None
-    for arch in ARCHITECTURES:
-        if keys == [site.key for site in layer_map(arch)]:  # layer_map is in execution order too
-            return arch
-    return None
+def require_non_faceid(adapter: Adapter, node: str = "this node") -> None:
+    """Non-FaceID nodes call this: a FaceID adapter there gets a message naming the node to use."""
+    spec = adapter.spec
+    if not spec.is_faceid:
+        return
+    use = "IPAdapter FaceID Kolors" if spec.is_kolors else "IPAdapter FaceID (or IPAdapter FaceID Batch)"
+    raise FaceIDError(
+        f"{adapter.name} is a FaceID adapter ({spec.label}): it needs a face embedding, which {node} does not "
+        f"compute. Use the {use} node with an IPAdapter InsightFace Loader (or face_embeds)."
+    )
 
 
 def check_model(adapter: Adapter, model) -> None:
     arch = model_arch(model)
     want = adapter.spec.arch
     if arch != want:
-        have = _ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
+        have = ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
         raise ModelMismatchError(
-            f"{adapter.name} is an {_ARCH_NAMES[want]} IP-Adapter ({len(layer_map(want))} cross-attention layers) "
+            f"{adapter.name} is an {ARCH_NAMES[want]} IP-Adapter ({len(layer_map(want))} cross-attention layers) "
             f"but the connected model is {have}. Use an IP-Adapter made for {have} models, or load an "
-            f"{_ARCH_NAMES[want]} checkpoint."
+            f"{ARCH_NAMES[want]} checkpoint."
         )
     context = model.model.model_config.unet_config.get("context_dim")
     if context is not None and context != adapter.spec.context_dim:
@@ -85,8 +64,6 @@ def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Ten
                enhance_tiles: int = 1, enhance_ratio: float = 1.0) -> Embeds:
     """Encoder features of ``image`` and of the negative; ``enhance_tiles`` > 1 adds the ClipVision
     Enhancer's tile features (see ``tiles.enhance_features``; the negative is never tiled)."""
-    from .faceid import require_non_faceid  # faceid builds on this module
-
     require_non_faceid(adapter)
     if clip_vision is None:
         raise ValueError(
@@ -178,8 +155,7 @@ def make_entry(
     token_transform=None,
 ) -> AdapterEntry:
     """Combine and project ``embeds`` and bundle them with resolved per-layer ``weights`` into one entry."""
-    if embeds_scaling not in EMBEDS_SCALING:
-        raise ValueError(f"unknown embeds_scaling {embeds_scaling!r}; choose one of {EMBEDS_SCALING}")
+    find_embeds_scaling(embeds_scaling)  # fail here, not in the middle of sampling
     cond, uncond = embeds.cond, embeds.uncond
     if not unfold and combine != "concat" and cond.shape[0] > 1:
         cond = combine_embeds(cond, combine)
@@ -244,7 +220,7 @@ def apply_style_composition(
     check_model(adapter, model)
     arch = adapter.spec.arch
     if arch != "sdxl":
-        raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {_ARCH_NAMES[arch]} adapter: use "
+        raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {ARCH_NAMES[arch]} adapter: use "
                          "an SDXL model and adapter, or on SD1.5 use IPAdapter Advanced with weight_type "
                          "'style and composition' (one image for both).")
     weight_type = "strong style and composition" if expand_style else "style and composition"

@@ -19,7 +19,7 @@ import comfy.ldm.modules.attention as comfy_attention
 
 from .layers import AttnKey, LayerSite, layer_map
 from .masks import resample_mask, token_grid
-from .weights import LayerWeight
+from .weights import LayerWeight, find_embeds_scaling
 
 # AnimateDiff context windows: (full_length, sub_idxs) of the frames this UNet call sees, or None.
 Frames = tuple[int, tuple[int, ...]] | None
@@ -79,20 +79,8 @@ class AdapterEntry:
 
     def _scaled(self, site, w, kc, vc, ku, vu):
         """``w`` is a number or a [rows, 1, 1] tensor of per-frame weights (one per latent)."""
-        if self.scaling == "V only":  # Attn(q, K, w V) = w Attn(q, K, V): scale once here, not per call
-            return kc, vc * w, ku, vu * w
-        if self.scaling == "K+V":
-            return kc * w, vc * w, ku * w, vu * w
-        # Narrower layers get proportionally less: the old extension's channel penalty (C / 1280).
-        wp = w * self.layer_widths.get(site.ckpt_index, self.max_width) / self.max_width
-        if self.scaling == "K+V w/ C penalty":
-            return kc * wp, vc * wp, ku * wp, vu * wp
-        if self.scaling == "K+mean(V) w/ C penalty":
-            def mean_scaled(v):
-                mu = v.mean(dim=1, keepdim=True)
-                return (v - mu) + wp * mu
-            return kc * wp, mean_scaled(vc), ku * wp, mean_scaled(vu)
-        raise ValueError(f"unknown embeds_scaling {self.scaling!r}")
+        width = self.layer_widths.get(site.ckpt_index, self.max_width)
+        return find_embeds_scaling(self.scaling).scale(w, width, self.max_width, kc, vc, ku, vu)
 
     def kv_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...],
                  frames: Frames = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,9 @@ from torch import Tensor
 import comfy.clip_vision
 import comfy.model_management as mm
 
-from .checkpoint import AdapterSpec
-from .model_files import known_widths
+from .encoders import known_widths
+from .errors import EncoderMismatchError
+from .families import AdapterSpec
 
 # Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
 _clip_preprocess = getattr(comfy.clip_vision, "clip_preprocess", None)
@@ -24,10 +25,6 @@ COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
 NEGATIVE_MODES = ("black image", "normalized zeros")
 # Which field of the encoder's output carries the features, by the spec's encoder output name.
 _OUTPUT_INDEX = {"image_embeds": 2, "penultimate_hidden_states": 1, "last_hidden_state": 0}
-
-
-class EncoderMismatchError(ValueError):
-    pass
 
 
 def describe_encoder(output: str, width: int) -> str:

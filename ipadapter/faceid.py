@@ -1,38 +1,36 @@
-"""FaceID: face analysis (insightface, optional), face embeddings, and FaceID adapters' inputs.
+"""FaceID: face embeddings (and their files) and FaceID adapters' inputs and apply pipeline.
 
 FaceID adapters read a 512-d ArcFace embedding of the face (insightface ``normed_embedding``, or the raw
 ``embedding`` for Portrait-unnorm) instead of, or beside (FaceID-Plus, Kolors), CLIP features of the
-aligned face crop. insightface is imported only when a face has to be detected: without it the pack
-loads and the FaceID nodes still run from face embeddings given directly (``FaceEmbeds``).
+aligned face crop. The embeddings come from ``insightface_glue`` (detection) or are given directly
+(``FaceEmbeds``, also saved and loaded as files), so FaceID runs without insightface too.
 
-Everything the old extension did around insightface is here: the ``models/insightface`` folder (also
-from extra_model_paths.yaml), the nested ``antelopev2/antelopev2`` folder that unzipping leaves,
-detection retried at smaller sizes (640 down to 320), the first detected face (or the largest), and the
-aligned crops, returned so the user sees which face was used.
+The node layer reaches the insightface glue it needs (models, providers, face selection, loading)
+through this module too: those names are imported here from ``insightface_glue`` and listed in ``__all__``.
 """
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .adapter import Adapter
 from .apply import Embeds, apply_adapter
-from .checkpoint import resolve_faceid_v2
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
-
-log = logging.getLogger(__name__)
+from .errors import FaceIDError, FaceModelMissingError, InsightFaceMissingError, NoFaceError
+from .families import resolve_faceid_v2
+from .insightface_glue import (DET_SIZES, FACE_SELECTIONS, INSIGHTFACE_MODELS, PROVIDERS, detect_faces, find_model_dir,
+                               import_insightface, insightface_roots, load_face_analysis)
 
 __all__ = [
     "DET_SIZES",
+    "FACE_EMBEDS_SUFFIX",
     "FACE_SELECTIONS",
     "FaceEmbeds",
     "FaceIDError",
@@ -43,129 +41,18 @@ __all__ = [
     "PROVIDERS",
     "analyze_faces",
     "apply_faceid",
+    "crop_size_for",
     "faceid_embeds",
     "find_model_dir",
     "import_insightface",
+    "insightface_roots",
     "kolors_token_transform",
     "load_face_analysis",
     "load_face_embeds",
-    "require_non_faceid",
     "save_face_embeds",
 ]
 
-INSIGHTFACE_MODELS = ("buffalo_l", "antelopev2")
-PROVIDERS = ("CPU", "CUDA", "ROCM", "DirectML", "OpenVINO", "CoreML")
-DET_SIZES = tuple(range(640, 256, -64))  # 640, 576, ..., 320: the old extension's retry ladder
-FACE_SELECTIONS = ("first", "largest")  # "first" = the detector's best-scoring face (the old behaviour)
 FACE_EMBEDS_SUFFIX = ".face.safetensors"
-
-INSTALL_HINT = (
-    "pip install insightface onnxruntime (onnxruntime-gpu for CUDA) into ComfyUI's Python; on Windows, "
-    "a prebuilt insightface wheel for your Python version avoids needing a C++ compiler"
-)
-# Where a model pack may sit under an insightface root: the layout insightface itself uses, then the
-# folder left by unzipping antelopev2.zip inside models/antelopev2 (files one level too deep).
-_MODEL_SUBDIRS = ("models/{name}", "models/{name}/{name}", "{name}")
-
-
-class FaceIDError(ValueError):
-    """A FaceID input problem the user can fix (wrong node, missing input, wrong adapter)."""
-
-
-class InsightFaceMissingError(ImportError):
-    pass
-
-
-class FaceModelMissingError(FileNotFoundError):
-    pass
-
-
-class NoFaceError(ValueError):
-    pass
-
-
-# --------------------------------------------------------------------------------------------------
-# insightface: import, model folders, loading
-# --------------------------------------------------------------------------------------------------
-def import_insightface():
-    """The insightface module, or an error that says what to install."""
-    try:
-        import insightface  # noqa: PLC0415 (optional dependency, imported on use)
-        from insightface.app import FaceAnalysis  # noqa: F401, PLC0415
-        from insightface.utils import face_align  # noqa: F401, PLC0415
-    except ImportError as exc:
-        raise InsightFaceMissingError(
-            f"FaceID face detection needs the insightface package, which is not installed ({exc}). "
-            f"Install it: {INSTALL_HINT}. Or skip detection: connect precomputed face embeddings to the "
-            "FaceID node's face_embeds input (IPAdapter Load Face Embeds)."
-        ) from exc
-    return insightface
-
-
-def insightface_roots() -> list[Path]:
-    """The registered ``insightface`` model folders (models/insightface plus extra_model_paths.yaml entries)."""
-    import folder_paths  # noqa: PLC0415
-
-    try:
-        return [Path(p) for p in folder_paths.get_folder_paths("insightface")]
-    except KeyError:
-        return [Path(folder_paths.models_dir) / "insightface"]
-
-
-def _has_onnx(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix == ".onnx" for p in path.iterdir())
-
-
-def find_model_dir(name: str, roots: Sequence[Path] | None = None) -> Path:
-    """The folder holding ``name``'s .onnx files, looked for under every insightface root."""
-    roots = list(roots) if roots is not None else insightface_roots()
-    tried = []
-    for root in roots:
-        for pattern in _MODEL_SUBDIRS:
-            candidate = Path(root) / pattern.format(name=name)
-            tried.append(str(candidate))
-            if _has_onnx(candidate):
-                if pattern != _MODEL_SUBDIRS[0]:
-                    log.info("insightface %s found in %s (not the usual <root>/models/%s); using it", name, candidate, name)
-                return candidate
-    download = ("insightface downloads buffalo_l itself only when online; ComfyUI here does not download"
-                if name == "buffalo_l" else f"{name} is never downloaded automatically")
-    raise FaceModelMissingError(
-        f"insightface model '{name}' not found: no .onnx files in {', '.join(tried) or '(no insightface folder)'}. "
-        f"Download {name}.zip from the insightface model zoo and unzip it so that the .onnx files are in "
-        f"{Path(roots[0]) / 'models' / name if roots else 'models/insightface/models/' + name} ({download})."
-    )
-
-
-_analysers: dict[tuple[str, str], object] = {}
-_analysers_lock = threading.Lock()
-
-
-def load_face_analysis(model_name: str = "buffalo_l", provider: str = "CPU", roots: Sequence[Path] | None = None):
-    """An ``insightface.app.FaceAnalysis`` for ``model_name`` (cached per folder and provider), prepared
-    for detection at 640 px. The model folder is checked first, so insightface never tries to download."""
-    if provider not in PROVIDERS:
-        raise FaceIDError(f"unknown insightface provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    import_insightface()
-    from insightface.app import FaceAnalysis  # noqa: PLC0415
-
-    model_dir = find_model_dir(model_name, roots)
-    key = (str(model_dir), provider)
-    with _analysers_lock:
-        if key in _analysers:
-            return _analysers[key]
-        try:
-            # An absolute folder as the name: insightface uses it as is (no download, no nesting rules).
-            analyser = FaceAnalysis(name=str(model_dir), root=str(model_dir.parent),
-                                    providers=[f"{provider}ExecutionProvider"])
-            analyser.prepare(ctx_id=0, det_size=(DET_SIZES[0], DET_SIZES[0]))
-        except Exception as exc:  # insightface asserts when no detection model loads
-            raise FaceModelMissingError(
-                f"insightface could not load '{model_name}' from {model_dir}: {type(exc).__name__}: {exc}. "
-                f"The folder must hold the model pack's .onnx files (a detection model included), unmodified."
-            ) from exc
-        _analysers[key] = analyser
-        return analyser
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,59 +94,10 @@ class FaceEmbeds:
         return self.normed
 
 
-def _to_bgr_uint8(image: Tensor) -> np.ndarray:
-    # insightface (OpenCV) expects BGR uint8.
-    return np.ascontiguousarray((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()[..., ::-1])
-
-
-def _pick(faces: list, selection: str):
-    if selection == "largest":
-        return max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
-    return faces[0]
-
-
 def analyze_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: str = "first",
                   det_sizes: Sequence[int] = DET_SIZES) -> FaceEmbeds:
-    """Detect one face per image (IMAGE [B, H, W, 3] in 0..1): embeddings and aligned crops.
-
-    Detection is retried at each size of ``det_sizes`` until a face is found. ``selection`` is "first"
-    (the detector's first face, as the old extension did) or "largest" (biggest box). The crop is
-    insightface's ArcFace alignment at ``crop_size``, returned as RGB IMAGE [B, S, S, 3].
-    """
-    if selection not in FACE_SELECTIONS:
-        raise FaceIDError(f"unknown face selection {selection!r}; choose one of {', '.join(FACE_SELECTIONS)}")
-    if crop_size % 112 and crop_size % 128:
-        raise FaceIDError(f"face crop size {crop_size} is not possible: insightface aligns to multiples of 112 or 128 "
-                          "(224, 256, 336, ...)")
-    import_insightface()
-    from insightface.utils import face_align  # noqa: PLC0415
-
-    normed, raw, crops = [], [], []
-    for index in range(images.shape[0]):
-        bgr = _to_bgr_uint8(images[index])
-        faces, used = [], None
-        for size in det_sizes:
-            analyser.prepare(ctx_id=0, det_size=(size, size))
-            faces = analyser.get(bgr)
-            if faces:
-                used = size
-                break
-        if not faces:
-            raise NoFaceError(
-                f"no face found in image {index} of {images.shape[0]} ({images.shape[2]}x{images.shape[1]} px), "
-                f"tried detection sizes {', '.join(map(str, det_sizes))}. Use an image where the face is "
-                "larger and clearly visible (frontal, well lit), or crop it to the face."
-            )
-        if used != det_sizes[0]:
-            log.info("insightface: face in image %d found at detection size %d", index, used)
-        face = _pick(faces, selection)
-        emb = torch.as_tensor(np.asarray(face.embedding, dtype=np.float32))
-        normed.append(emb / emb.norm())
-        raw.append(emb)
-        crop = face_align.norm_crop(bgr, landmark=np.asarray(face.kps), image_size=crop_size)
-        crops.append(torch.from_numpy(np.ascontiguousarray(crop[..., ::-1])).float() / 255.0)
-    analyser.prepare(ctx_id=0, det_size=(det_sizes[0], det_sizes[0]))  # leave the shared model as loaded
-    return FaceEmbeds(torch.stack(normed), torch.stack(raw), torch.stack(crops))
+    """The faces ``insightface_glue.detect_faces`` finds (one per image), as FaceEmbeds with their crops."""
+    return FaceEmbeds(*detect_faces(analyser, images, crop_size=crop_size, selection=selection, det_sizes=det_sizes))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,8 +105,6 @@ def analyze_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: 
 # --------------------------------------------------------------------------------------------------
 def save_face_embeds(embeds: FaceEmbeds, path: str | os.PathLike) -> Path:
     """Write ``embeds`` as safetensors (``normed``, ``raw`` when known); no crops."""
-    from safetensors.torch import save_file  # noqa: PLC0415
-
     tensors = {"normed": embeds.normed.contiguous().cpu()}
     if embeds.raw is not None:
         tensors["raw"] = embeds.raw.contiguous().cpu()
@@ -280,8 +116,6 @@ def save_face_embeds(embeds: FaceEmbeds, path: str | os.PathLike) -> Path:
 
 def load_face_embeds(path: str | os.PathLike) -> FaceEmbeds:
     """Read a file written by ``save_face_embeds`` (or any safetensors with one [N, 512] tensor)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
-
     tensors = load_file(str(path))
     if "normed" in tensors:
         return FaceEmbeds(tensors["normed"].float(), tensors["raw"].float() if "raw" in tensors else None)
@@ -293,18 +127,6 @@ def load_face_embeds(path: str | os.PathLike) -> FaceEmbeds:
 # --------------------------------------------------------------------------------------------------
 # Adapter checks and inputs
 # --------------------------------------------------------------------------------------------------
-def require_non_faceid(adapter: Adapter, node: str = "this node") -> None:
-    """Non-FaceID nodes call this: a FaceID adapter there gets a message naming the node to use."""
-    spec = adapter.spec
-    if not spec.is_faceid:
-        return
-    use = "IPAdapter FaceID Kolors" if spec.is_kolors else "IPAdapter FaceID (or IPAdapter FaceID Batch)"
-    raise FaceIDError(
-        f"{adapter.name} is a FaceID adapter ({spec.label}): it needs a face embedding, which {node} does not "
-        f"compute. Use the {use} node with an IPAdapter InsightFace Loader (or face_embeds)."
-    )
-
-
 def _require_faceid_node(adapter: Adapter, kolors_node: bool) -> None:
     spec = adapter.spec
     if not spec.is_faceid:

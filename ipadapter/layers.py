@@ -1,4 +1,5 @@
-"""Where an IP-Adapter plugs into each UNet architecture: one explicit layer map per architecture.
+"""The UNet architectures an IP-Adapter plugs into: their names, one explicit layer map each, and
+reading which one a ComfyUI MODEL is.
 
 ComfyUI calls an attn2 replace patch with ``extra_options["block"]`` = ("input", id) / ("middle", 0) /
 ("output", id) and ``block_index`` = the BasicTransformerBlock inside that block's SpatialTransformer.
@@ -9,8 +10,11 @@ execution order (input, middle, output); the old extension's per-block weights a
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+
+from comfy.ldm.modules.attention import SpatialTransformer
 
 AttnKey = tuple[str, int, int]
 
@@ -40,6 +44,7 @@ _BLOCKS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
     },
 }
 ARCHITECTURES = tuple(_BLOCKS)
+ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}  # how messages name each architecture
 _EXECUTION_ORDER = ("input", "middle", "output")
 _CHECKPOINT_ORDER = ("input", "output", "middle")  # diffusers: down, up, mid
 
@@ -72,7 +77,47 @@ def transformer_count(arch: str) -> int:
 
 
 def arch_for_layer_count(count: int) -> str | None:
+    """The architecture with ``count`` cross-attention layers (what a checkpoint's to_k_ip keys count)."""
     for arch in ARCHITECTURES:
         if len(layer_map(arch)) == count:
+            return arch
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a ComfyUI UNet
+# --------------------------------------------------------------------------------------------------
+_BLOCK_GROUPS = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
+
+
+def spatial_transformers(unet) -> Iterator[tuple[str, int, str, SpatialTransformer]]:
+    """Every SpatialTransformer of a ComfyUI UNet in execution order, as (block name, block id,
+    state-dict path such as ``input_blocks.1.1``, module). Its position inside a block is read, not
+    assumed. Raises AttributeError for a model that is not a UNet (DiT / flow models)."""
+    for name, attr in _BLOCK_GROUPS:
+        group = getattr(unet, attr)
+        blocks = [(0, group)] if name == "middle" else list(enumerate(group))
+        for block_id, block in blocks:
+            prefix = attr if name == "middle" else f"{attr}.{block_id}"
+            for pos, layer in enumerate(block):
+                if isinstance(layer, SpatialTransformer):
+                    yield name, block_id, f"{prefix}.{pos}", layer
+
+
+def unet_attn2_keys(model) -> list[AttnKey]:
+    """The attn2 keys ComfyUI will emit for this MODEL, read from its UNet's SpatialTransformers."""
+    unet = model.get_model_object("diffusion_model")
+    return [(name, block_id, j) for name, block_id, _, st in spatial_transformers(unet)
+            for j in range(len(st.transformer_blocks))]
+
+
+def model_arch(model) -> str | None:
+    """``"sd15"`` / ``"sdxl"`` when the MODEL's UNet has exactly that layer map; None otherwise."""
+    try:
+        keys = unet_attn2_keys(model)
+    except AttributeError:  # not a UNet (DiT/flow models)
+        return None
+    for arch in ARCHITECTURES:
+        if keys == [site.key for site in layer_map(arch)]:  # layer_map is in execution order too
             return arch
     return None

@@ -22,46 +22,42 @@ from torch import Tensor
 import comfy.lora
 import comfy.lora_convert  # noqa: F401  (kohya/diffusers key conversions ComfyUI applies to LoRA files)
 import comfy.utils
-from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.weight_adapter.lora import LoRAAdapter
 
-from .layers import AttnKey, layer_map
+from .errors import LoraError
+from .layers import AttnKey, layer_map, spatial_transformers
 
 __all__ = [
-    "LoraError",
+    "LORA_KEY",
     "LORA_TARGETS",
+    "LoraError",
     "apply_faceid_lora",
     "apply_lora_file",
     "checkpoint_lora_patches",
+    "checkpoint_lora_rank",
     "transformer_block_paths",
 ]
 
 # Checkpoint projection name -> weight inside ComfyUI's CrossAttention (to_out is Sequential(Linear, Dropout)).
 LORA_TARGETS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
-_LORA_KEY = re.compile(r"^(\d+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
-_BLOCK_GROUPS = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
+# The LoRA's keys inside a checkpoint's ip_adapter section: processor N, projection, matrix.
+LORA_KEY = re.compile(r"^(\d+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 
 
-class LoraError(ValueError):
-    pass
+def checkpoint_lora_rank(ip_sd: Mapping[str, Tensor]) -> int | None:
+    """Rank of the FaceID LoRA in a checkpoint's ip_adapter section (rows of its first down matrix;
+    shapes are enough, meta tensors work); None when the section carries no LoRA."""
+    downs = sorted(k for k in ip_sd if (m := LORA_KEY.match(k)) and m.group(3) == "down")
+    return int(ip_sd[downs[0]].shape[0]) if downs else None
 
 
 def transformer_block_paths(model) -> dict[AttnKey, str]:
     """ComfyUI attention site ``(block, id, j)`` -> state-dict prefix of its BasicTransformerBlock,
     e.g. ``("input", 1, 0) -> "diffusion_model.input_blocks.1.1.transformer_blocks.0"``, read from the
-    MODEL's UNet (the SpatialTransformer's position inside a block is not assumed)."""
+    MODEL's UNet."""
     unet = model.get_model_object("diffusion_model")
-    out: dict[AttnKey, str] = {}
-    for name, attr in _BLOCK_GROUPS:
-        group = getattr(unet, attr)
-        blocks = [(0, group)] if name == "middle" else list(enumerate(group))
-        for block_id, block in blocks:
-            prefix = f"diffusion_model.{attr}" + ("" if name == "middle" else f".{block_id}")
-            for pos, layer in enumerate(block):
-                if isinstance(layer, SpatialTransformer):
-                    for j in range(len(layer.transformer_blocks)):
-                        out[(name, block_id, j)] = f"{prefix}.{pos}.transformer_blocks.{j}"
-    return out
+    return {(name, block_id, j): f"diffusion_model.{path}.transformer_blocks.{j}"
+            for name, block_id, path, st in spatial_transformers(unet) for j in range(len(st.transformer_blocks))}
 
 
 def _processor_sites(arch: str) -> dict[int, tuple[AttnKey, str]]:
@@ -77,7 +73,7 @@ def checkpoint_lora_patches(lora_sd: Mapping[str, Tensor], arch: str, model, sou
     """``{ComfyUI weight key: LoRAAdapter}`` for the ``N.to_*_lora`` tensors of a FaceID checkpoint."""
     pairs: dict[tuple[int, str], dict[str, Tensor]] = {}
     for key, tensor in lora_sd.items():
-        m = _LORA_KEY.match(key)
+        m = LORA_KEY.match(key)
         if m:
             pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = tensor
     if not pairs:

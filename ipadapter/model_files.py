@@ -1,20 +1,16 @@
 """Recognise model files by their tensors (names and shapes), never by their file names.
 
-A CLIP vision encoder is told apart from the others by its widths (hidden / projection) and input size
-(position embeddings); an IP-Adapter by ``checkpoint.detect``. Only shapes are read: for .safetensors
-just the JSON header at the start of the file, for zip-format torch pickles the archive's index (the
-tensor data is memory-mapped and never touched). What a file holds is cached by (path, modification
-time, size), so scanning a models folder again costs a few ``stat`` calls.
-
-Widths that name encoders come from a ``checkpoint.KnownWidths`` table: the real models'
-(``FULL_WIDTHS``) plus any table registered with ``register_widths`` (the test fixtures' tiny encoders).
+Only shapes are read: for .safetensors just the JSON header at the start of the file, for zip-format
+torch pickles the archive's index (the tensor data is memory-mapped and never touched). What a file holds
+is cached by its identity (path, modification time, size), so scanning a models folder again costs a
+few ``stat`` calls. A CLIP vision encoder is told apart from the others by its widths (hidden /
+projection) and input size (position embeddings); an IP-Adapter by ``detect.detect``. Widths name
+encoders through ``encoders.known_widths()`` unless a table is passed.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,109 +18,45 @@ from typing import Mapping
 
 import torch
 
-from .checkpoint import (FULL_WIDTHS, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, AdapterSpec, CheckpointError,
-                         KnownEncoder, KnownWidths, detect)
+from .detect import detect
+from .encoders import CLIP_PATCH_SIZE, FULL_WIDTHS, KnownEncoder, KnownWidths, known_widths
+from .errors import CheckpointError
+from .families import AdapterSpec
+from .files import (Shapes, StateDicts, check_sections, file_identity, pickle_shapes, read_safetensors_header,
+                    split_sections, tensor_file_kind)
 
-Shapes = dict[str, tuple[int, ...]]
-
-_MAX_HEADER = 100 * 1024 * 1024  # a larger safetensors header means a corrupt or foreign file
-CLIP_PATCH = 14  # every CLIP vision encoder an IP-Adapter uses has 14-px patches
-
-
-# --------------------------------------------------------------------------------------------------
-# Width tables
-# --------------------------------------------------------------------------------------------------
-_extra_widths: list[KnownWidths] = []
-
-
-def register_widths(widths: KnownWidths) -> None:
-    """Also recognise the encoders of ``widths`` (e.g. tiny stand-in models). Idempotent."""
-    if widths not in _extra_widths:
-        _extra_widths.append(widths)
-
-
-def unregister_widths(widths: KnownWidths) -> None:
-    if widths in _extra_widths:
-        _extra_widths.remove(widths)
-
-
-def known_widths() -> KnownWidths:
-    """The real models' widths followed by every registered table."""
-    encoders = FULL_WIDTHS.encoders + tuple(e for w in _extra_widths for e in w.encoders)
-    faces = FULL_WIDTHS.face_embed_widths + tuple(f for w in _extra_widths for f in w.face_embed_widths)
-    return KnownWidths(encoders, faces)
+__all__ = [
+    "CLIP_VISION_LAYOUTS",
+    "ClipVisionLayout",
+    "ClipVisionShape",
+    "clear_cache",
+    "clip_vision_shape",
+    "identify_clip_vision",
+    "identify_ipadapter",
+    "inspect_checkpoint",
+    "read_checkpoint_shapes",
+    "tensor_shapes",
+]
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading shapes
+# Shapes, cached
 # --------------------------------------------------------------------------------------------------
-def read_safetensors_header(path: str | os.PathLike) -> Shapes:
-    """Tensor name -> shape from a .safetensors header; reads 8 bytes plus the header, no tensor data."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CheckpointError(f"{Path(path).name} is too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length <= 1 or length > _MAX_HEADER:
-            raise CheckpointError(f"{Path(path).name} has no valid safetensors header (header length {length})")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except ValueError as exc:
-        raise CheckpointError(f"{Path(path).name} has an unreadable safetensors header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{Path(path).name} has no valid safetensors header")
-    return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "shape" in v}
-
-
-def _flatten(obj, prefix: str, out: Shapes) -> None:
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = tuple(obj.shape)
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if isinstance(k, str):
-                _flatten(v, f"{prefix}.{k}" if prefix else k, out)
-
-
-def _read_pickle_shapes(path: str | os.PathLike) -> Shapes:
-    """Shapes of a zip-format torch file, memory-mapped (tensor data stays on disk). weights_only:
-    a pickle that needs code is refused, as everywhere in this pack."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # legacy (non-zip) format, unsafe or corrupt pickle
-        raise CheckpointError(f"{Path(path).name}: its tensor shapes could not be read ({str(exc).splitlines()[0]})") from exc
-    out: Shapes = {}
-    _flatten(data, "", out)
-    return out
-
-
 _cache: dict[tuple[str, int, int], Shapes | CheckpointError] = {}
 _cache_lock = threading.Lock()
 
 
-def _file_key(path: str | os.PathLike) -> tuple[str, int, int]:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return real, st.st_mtime_ns, st.st_size
-
-
 def tensor_shapes(path: str | os.PathLike) -> Shapes:
-    """Tensor name -> shape (nested sections joined with '.'); cached by path, mtime and size.
+    """Tensor name -> shape (nested sections joined with '.'); cached by the file's identity.
 
     Raises ``CheckpointError`` when the file cannot be read as tensors (the failure is cached too)."""
-    key = _file_key(path)
+    kind = tensor_file_kind(path)
+    key = file_identity(path)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is None:
-        suffix = Path(path).suffix.lower()
         try:
-            if suffix in SAFETENSORS_SUFFIXES:
-                hit = read_safetensors_header(path)
-            elif suffix in PICKLE_SUFFIXES:
-                hit = _read_pickle_shapes(path)
-            else:
-                raise CheckpointError(f"{Path(path).name}: not a .safetensors or torch file")
+            hit = read_safetensors_header(path) if kind == "safetensors" else pickle_shapes(path)
         except CheckpointError as exc:
             hit = exc
         except OSError as exc:
@@ -178,7 +110,7 @@ class ClipVisionShape:
 
     @property
     def image_size(self) -> int:
-        return round((self.tokens - 1) ** 0.5) * CLIP_PATCH
+        return round((self.tokens - 1) ** 0.5) * CLIP_PATCH_SIZE
 
 
 def clip_vision_shape(shapes: Mapping[str, tuple[int, ...]]) -> ClipVisionShape | None:
@@ -215,9 +147,20 @@ def identify_clip_vision(path: str | os.PathLike, widths: KnownWidths | None = N
 # --------------------------------------------------------------------------------------------------
 # IP-Adapters
 # --------------------------------------------------------------------------------------------------
-def identify_ipadapter(path: str | os.PathLike, widths: KnownWidths | None = None) -> AdapterSpec:
-    """The IP-Adapter spec of a file from its shapes alone. Raises ``CheckpointError`` (or a subclass:
-    not an adapter, unknown layout) with the reason."""
+def read_checkpoint_shapes(path: str | os.PathLike) -> StateDicts:
+    """Like ``files.read_checkpoint`` but every tensor is on the meta device (shapes only, from the
+    cached ``tensor_shapes``: for .safetensors only the header is read)."""
     shapes = tensor_shapes(path)
     meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    return detect(meta, source=Path(path).name, widths=widths or known_widths())
+    return check_sections(shapes, split_sections(meta), Path(path).name)
+
+
+def inspect_checkpoint(path: str | os.PathLike, widths: KnownWidths = FULL_WIDTHS) -> AdapterSpec:
+    """Detect a file's family from its shapes alone, naming encoders by ``widths`` (the released ones by
+    default). Raises ``CheckpointError`` (or a subclass: not an adapter, unknown layout) with the reason."""
+    return detect(read_checkpoint_shapes(path), source=Path(path).name, widths=widths)
+
+
+def identify_ipadapter(path: str | os.PathLike, widths: KnownWidths | None = None) -> AdapterSpec:
+    """``inspect_checkpoint`` with every width table the pack knows (``encoders.known_widths()``) by default."""
+    return inspect_checkpoint(path, widths or known_widths())

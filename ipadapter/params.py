@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .adapter import Adapter
 from .apply import apply_adapter, encode_for
-from .weights import HIDDEN_WEIGHT_TYPES, WEIGHT_TYPES
+from .weights import WEIGHT_TYPE_TABLE
 
 FIELDS = ("image", "attn_mask", "weight", "weight_type", "start_at", "end_at")
 
@@ -65,7 +65,7 @@ def _check(params: Mapping[str, list], what: str) -> None:
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{what} has lists of different lengths ({lengths}): every region needs one of each field")
     for i, weight_type in enumerate(params["weight_type"]):
-        if weight_type not in WEIGHT_TYPES + HIDDEN_WEIGHT_TYPES:
+        if weight_type not in WEIGHT_TYPE_TABLE:
             raise ValueError(f"{what} region {i + 1}: unknown weight_type {weight_type!r}")
 
 

@@ -1,6 +1,6 @@
 """Unified Loader presets: one table saying which files each preset uses, and finding them on disk.
 
-A preset names, per base architecture, an IP-Adapter family (its tensor layout, ``checkpoint.FAMILIES``),
+A preset names, per base architecture, an IP-Adapter family (its tensor layout, ``families.FAMILIES``),
 the old extension's file-name patterns (as hints and to tell apart files of one layout, such as PLUS and
 PLUS FACE), the CLIP vision encoder, and for FaceID the LoRA patterns and the insightface model.
 
@@ -25,10 +25,11 @@ from typing import Callable, Mapping
 
 import folder_paths
 
-from .checkpoint import CheckpointError, KnownWidths
-from .model_files import identify_clip_vision, identify_ipadapter, known_widths
+from .encoders import KnownWidths, known_widths
+from .errors import CheckpointError, PresetFilesMissing, PresetUnsupported
+from .layers import ARCH_NAMES
+from .model_files import identify_clip_vision, identify_ipadapter
 
-ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 _EXT = r"\.(safetensors|bin)$"
 
 
@@ -36,7 +37,7 @@ _EXT = r"\.(safetensors|bin)$"
 class EncoderFile:
     """A CLIP vision encoder: the name the old extension wanted, its pattern, and where it comes from."""
 
-    key: str  # checkpoint.KnownEncoder key
+    key: str  # encoders.KnownEncoder key
     label: str
     canonical: str
     pattern: str  # the old extension's regex (searched, case-insensitive)
@@ -178,14 +179,6 @@ SHARED_LAYOUTS = _shared_layouts()
 # --------------------------------------------------------------------------------------------------
 # Resolution
 # --------------------------------------------------------------------------------------------------
-class PresetFilesMissing(ValueError):
-    """Some file a preset needs is not in the model folders; the message lists all of them."""
-
-
-class PresetUnsupported(ValueError):
-    """The preset has no files for the connected model's architecture."""
-
-
 @dataclass(frozen=True)
 class ResolvedPreset:
     preset: Preset

@@ -43,6 +43,7 @@ __all__ = [
     "FaceIDProjModel",
     "FaceIDPlusProjModel",
     "build_projection",
+    "split_tokens",
 ]
 
 PROJECTION_KINDS: tuple[str, ...] = ("image_proj", "mlp", "resampler", "faceid", "faceid_plus")
@@ -350,7 +351,9 @@ def _shape(sd: Mapping[str, Tensor], key: str, kind: str, ndim: int) -> tuple[in
     return shape
 
 
-def _split_tokens(rows: int, width: int, kind: str, key: str) -> int:
+def split_tokens(rows: int, width: int, kind: str, key: str) -> int:
+    """Tokens in ``rows`` output rows of ``width``-wide tokens (a projection's ``Linear(D, T*C)``).
+    Raises ValueError naming the ``kind`` projection's tensor ``key`` when the rows do not split evenly."""
     if width <= 0 or rows % width != 0:
         raise ValueError(
             f"{kind!r} projection: {key!r} has {rows} output rows, not a multiple of the token width {width}"
@@ -375,7 +378,7 @@ def _perceiver_args(sd: Mapping[str, Tensor], prefix: str, kind: str) -> dict[st
             f"{PERCEIVER_DIM_HEAD}-wide attention heads"
         )
     ff_key = f"{prefix}layers.0.1.1.weight"
-    ff_mult = _split_tokens(_shape(sd, ff_key, kind, 2)[0], dim, kind, ff_key)
+    ff_mult = split_tokens(_shape(sd, ff_key, kind, 2)[0], dim, kind, ff_key)
     return dict(
         dim=dim,
         depth=depth,
@@ -389,7 +392,7 @@ def _perceiver_args(sd: Mapping[str, Tensor], prefix: str, kind: str) -> dict[st
 def _make_image_proj(sd: Mapping[str, Tensor]) -> nn.Module:
     c = _shape(sd, "norm.weight", "image_proj", 1)[0]
     rows, d = _shape(sd, "proj.weight", "image_proj", 2)
-    return ImageProjModel(c, d, _split_tokens(rows, c, "image_proj", "proj.weight"))
+    return ImageProjModel(c, d, split_tokens(rows, c, "image_proj", "proj.weight"))
 
 
 def _make_mlp(sd: Mapping[str, Tensor]) -> nn.Module:
@@ -404,7 +407,7 @@ def _make_faceid(sd: Mapping[str, Tensor]) -> nn.Module:
     c = _shape(sd, "norm.weight", "faceid", 1)[0]
     hidden, e = _shape(sd, "proj.0.weight", "faceid", 2)
     rows = _shape(sd, "proj.2.weight", "faceid", 2)[0]
-    return FaceIDProjModel(c, e, _split_tokens(rows, c, "faceid", "proj.2.weight"), hidden_dim=hidden)
+    return FaceIDProjModel(c, e, split_tokens(rows, c, "faceid", "proj.2.weight"), hidden_dim=hidden)
 
 
 def _make_resampler(sd: Mapping[str, Tensor]) -> nn.Module:
@@ -420,7 +423,7 @@ def _make_resampler(sd: Mapping[str, Tensor]) -> nn.Module:
 def _make_faceid_plus(sd: Mapping[str, Tensor]) -> nn.Module:
     c = _shape(sd, "norm.weight", "faceid_plus", 1)[0]
     hidden, e = _shape(sd, "proj.0.weight", "faceid_plus", 2)
-    tokens = _split_tokens(_shape(sd, "proj.2.weight", "faceid_plus", 2)[0], c, "faceid_plus", "proj.2.weight")
+    tokens = split_tokens(_shape(sd, "proj.2.weight", "faceid_plus", 2)[0], c, "faceid_plus", "proj.2.weight")
     args = _perceiver_args(sd, "perceiver_resampler.", "faceid_plus")
     # The ID tokens are the perceiver's latents and the shortcut adds them to its output.
     if args["dim"] != c or args["output_dim"] != c:

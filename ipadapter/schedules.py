@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .errors import ScheduleError
+
 # x runs from 0 (first frame of the transition) to 1 (last): weight = start + (end - start) * curve(x).
 CURVES: dict[str, Callable[[float], float]] = {
     "linear": lambda x: x,
@@ -29,10 +31,6 @@ CURVES: dict[str, Callable[[float], float]] = {
 }
 TIMINGS = ("custom", "linear", "ease_in_out", "ease_in", "ease_out", "random")
 METHODS = ("full batch", "shift batches", "alternate batches")
-
-
-class ScheduleError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

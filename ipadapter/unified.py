@@ -17,21 +17,16 @@ import weakref
 import comfy.clip_vision
 
 from .adapter import load_adapter
+from .files import file_identity
 from .presets import ResolvedPreset
 
 _clip_cache: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
 _clip_lock = threading.Lock()
 
 
-def _key(path: str) -> tuple[str, int, int]:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return real, st.st_mtime_ns, st.st_size
-
-
 def load_clip_vision(path: str):
     """``comfy.clip_vision.load`` once per unchanged file while the model is in use."""
-    key = _key(path)
+    key = file_identity(path)
     with _clip_lock:
         hit = _clip_cache.get(key)
     if hit is not None:

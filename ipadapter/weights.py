@@ -1,4 +1,5 @@
-"""Per-layer weights: weight types (curves and style/composition maps) and embeds scaling modes.
+"""Per-layer weights: the weight types table (curves and style/composition maps, token swaps) and the
+embeds scaling table (how a layer's weight scales the image branch's K and V), with their math.
 
 Layers are addressed by ComfyUI's ``transformer_index`` (t_idx: 0-15 on SD1.5, 0-10 on SDXL), as the
 old extension's maps are; the middle block (t_idx 6 on SD1.5, 4 on SDXL) is patched here, unlike there.
@@ -7,21 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Callable, Mapping, Union
 
 import torch
 
-from .layers import ARCHITECTURES, AttnKey, LayerSite, layer_map, transformer_count
-
-WEIGHT_TYPES = (
-    "linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
-    "weak middle", "strong middle", "style transfer", "composition", "strong style transfer",
-    "style and composition", "style transfer precise", "composition precise",
-)
-# Reachable only through the Style & Composition nodes' expand_style option.
-HIDDEN_WEIGHT_TYPES = ("strong style and composition",)
-EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
-
+from .layers import ARCH_NAMES, ARCHITECTURES, AttnKey, LayerSite, layer_map, transformer_count
 
 # A weight is one number, or one per frame (a 1-D tensor) for the Batch nodes' per-frame schedules.
 Weight = Union[float, torch.Tensor]
@@ -35,25 +26,18 @@ class LayerWeight:
     swap: bool = False
 
 
-def _curve(weight_type: str, t: int, count: int, block: str) -> float:
-    half = count / 2
-    if weight_type == "linear":
-        return 1.0
-    if weight_type == "ease in":
-        return 0.05 + 0.95 * (1 - t / count)
-    if weight_type == "ease out":
-        return 0.05 + 0.95 * (t / count)
-    if weight_type == "ease in-out":
-        return 0.05 + 0.95 * (1 - abs(t - half) / half)
-    if weight_type == "reverse in-out":
-        return 0.05 + 0.95 * (abs(t - half) / half)
-    weak = {"weak input": ("input",), "weak output": ("output",), "weak middle": ("middle",),
-            "strong middle": ("input", "output")}[weight_type]
-    return 0.2 if block in weak else 1.0
+# --------------------------------------------------------------------------------------------------
+# Weight types
+# --------------------------------------------------------------------------------------------------
+# A curve: (t_idx, transformer count, block name) -> factor of the weight at that layer.
+Curve = Callable[[int, int, str], float]
+# A map: arch -> ((t_idx..., variable, factor), ...): the layers named get variable * factor, others 0;
+# the variables are "w" (weight), "wc" (composition weight or style boost) and "b" (composition boost).
+LayerMap = Mapping[str, tuple[tuple[tuple[int, ...], str, float], ...]]
 
 
-_CURVES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out",
-           "weak input", "weak output", "weak middle", "strong middle")
+def _weak(*blocks: str) -> Curve:
+    return lambda t, count, block: 0.2 if block in blocks else 1.0
 
 
 def _all(arch: str) -> tuple[int, ...]:
@@ -64,45 +48,141 @@ def _but(arch: str, *skip: int) -> tuple[int, ...]:
     return tuple(t for t in _all(arch) if t not in skip)
 
 
-# Style/composition maps: weight type -> arch -> ((t_idx..., variable, factor), ...), where variable is
-# "w" (weight), "wc" (composition weight or style boost) or "b" (composition boost).
-_MAPS: dict[str, dict[str, tuple[tuple[tuple[int, ...], str, float], ...]]] = {
-    "style transfer": {
-        "sdxl": (((6,), "w", 1.0),),
-        "sd15": (((0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15), "w", 1.0),),
-    },
-    "composition": {
-        "sdxl": (((3,), "w", 1.0),),
-        "sd15": (((4,), "w", 0.25), ((5,), "w", 1.0)),
-    },
-    "strong style transfer": {
-        "sdxl": ((_but("sdxl", 3), "w", 1.0),),
-        "sd15": ((_but("sd15", 4, 5), "w", 1.0),),
-    },
-    "style and composition": {
-        "sdxl": (((3,), "wc", 1.0), ((6,), "w", 1.0)),
-        "sd15": (((0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15), "w", 1.0), ((4,), "wc", 0.25), ((5,), "wc", 1.0)),
-    },
-    "strong style and composition": {
-        "sdxl": ((_but("sdxl", 3), "w", 1.0), ((3,), "wc", 1.0)),
-        "sd15": ((_but("sd15", 4, 5), "w", 1.0), ((4, 5), "wc", 1.0)),
-    },
-    "composition precise": {
-        "sdxl": (((0, 1, 2, 4, 5, 7, 8, 9, 10), "b", 0.1), ((3,), "wc", 1.0), ((6,), "b", 1.0)),
-        "sd15": (((0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15), "b", 1.0), ((4,), "wc", 0.25), ((5,), "wc", 1.0),
-                 ((6, 7, 8), "b", 0.1)),
-    },
-}
-_MAPS["style transfer precise"] = _MAPS["style and composition"]
+def _plain_values(weight: Weight, weight_composition: float | None, boost: float | None) -> dict[str, Weight]:
+    return {"w": weight, "wc": 1.0 if weight_composition is None else weight_composition, "b": weight}
+
+
+def _style_precise_values(weight: Weight, weight_composition: float | None, boost: float | None) -> dict[str, Weight]:
+    # style_boost drives the composition layers
+    return {"w": weight, "wc": weight if boost is None else boost, "b": weight}
+
+
+def _composition_precise_values(weight: Weight, weight_composition: float | None,
+                                boost: float | None) -> dict[str, Weight]:
+    # composition_boost drives the style layers
+    return {"w": weight, "wc": weight, "b": weight if boost is None else boost}
+
+
 # The transformer indices the composition weight acts on (input_blocks 8 on SDXL, 7 and 8 on SD1.5).
 COMPOSITION_LAYERS: dict[str, tuple[int, ...]] = {"sdxl": (3,), "sd15": (4, 5)}
-# Layers whose tokens are swapped: the composition layers for precise style, all others for precise composition.
-_SWAPS = {
-    "style transfer precise": lambda arch: COMPOSITION_LAYERS[arch],
-    "composition precise": lambda arch: _but(arch, *COMPOSITION_LAYERS[arch]),
+_SD15_STYLE = (0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15)
+_STYLE_AND_COMPOSITION: LayerMap = {
+    "sdxl": (((3,), "wc", 1.0), ((6,), "w", 1.0)),
+    "sd15": ((_SD15_STYLE, "w", 1.0), ((4,), "wc", 0.25), ((5,), "wc", 1.0)),
 }
 
 
+@dataclass(frozen=True)
+class WeightType:
+    """One weight type: a curve over the layers, or a style/composition map; and where tokens are swapped."""
+
+    name: str
+    curve: Curve | None = None
+    layer_map: LayerMap | None = None  # used when there is no curve
+    values: Callable[[Weight, float | None, float | None], dict[str, Weight]] = _plain_values  # map variables
+    swaps: Callable[[str], tuple[int, ...]] | None = None  # arch -> t_idx whose tokens are swapped
+    hidden: bool = False  # reachable only through the Style & Composition nodes' expand_style option
+
+
+WEIGHT_TYPE_TABLE: dict[str, WeightType] = {t.name: t for t in (
+    WeightType("linear", curve=lambda t, count, block: 1.0),
+    WeightType("ease in", curve=lambda t, count, block: 0.05 + 0.95 * (1 - t / count)),
+    WeightType("ease out", curve=lambda t, count, block: 0.05 + 0.95 * (t / count)),
+    WeightType("ease in-out", curve=lambda t, count, block: 0.05 + 0.95 * (1 - abs(t - count / 2) / (count / 2))),
+    WeightType("reverse in-out", curve=lambda t, count, block: 0.05 + 0.95 * (abs(t - count / 2) / (count / 2))),
+    WeightType("weak input", curve=_weak("input")),
+    WeightType("weak output", curve=_weak("output")),
+    WeightType("weak middle", curve=_weak("middle")),
+    WeightType("strong middle", curve=_weak("input", "output")),
+    WeightType("style transfer", layer_map={
+        "sdxl": (((6,), "w", 1.0),),
+        "sd15": ((_SD15_STYLE, "w", 1.0),),
+    }),
+    WeightType("composition", layer_map={
+        "sdxl": (((3,), "w", 1.0),),
+        "sd15": (((4,), "w", 0.25), ((5,), "w", 1.0)),
+    }),
+    WeightType("strong style transfer", layer_map={
+        "sdxl": ((_but("sdxl", 3), "w", 1.0),),
+        "sd15": ((_but("sd15", 4, 5), "w", 1.0),),
+    }),
+    WeightType("style and composition", layer_map=_STYLE_AND_COMPOSITION),
+    # Swapped on the composition layers: precise style.
+    WeightType("style transfer precise", layer_map=_STYLE_AND_COMPOSITION, values=_style_precise_values,
+               swaps=lambda arch: COMPOSITION_LAYERS[arch]),
+    # Swapped on every layer but the composition ones: precise composition.
+    WeightType("composition precise", layer_map={
+        "sdxl": (((0, 1, 2, 4, 5, 7, 8, 9, 10), "b", 0.1), ((3,), "wc", 1.0), ((6,), "b", 1.0)),
+        "sd15": ((_SD15_STYLE, "b", 1.0), ((4,), "wc", 0.25), ((5,), "wc", 1.0), ((6, 7, 8), "b", 0.1)),
+    }, values=_composition_precise_values, swaps=lambda arch: _but(arch, *COMPOSITION_LAYERS[arch])),
+    WeightType("strong style and composition", layer_map={
+        "sdxl": ((_but("sdxl", 3), "w", 1.0), ((3,), "wc", 1.0)),
+        "sd15": ((_but("sd15", 4, 5), "w", 1.0), ((4, 5), "wc", 1.0)),
+    }, hidden=True),
+)}
+WEIGHT_TYPES = tuple(name for name, t in WEIGHT_TYPE_TABLE.items() if not t.hidden)  # the nodes' choices
+HIDDEN_WEIGHT_TYPES = tuple(name for name, t in WEIGHT_TYPE_TABLE.items() if t.hidden)
+
+
+def find_weight_type(name: str) -> WeightType:
+    """The record of weight type ``name``; ValueError listing the choices for an unknown one."""
+    if name not in WEIGHT_TYPE_TABLE:
+        raise ValueError(f"unknown weight_type {name!r}; choose one of: {', '.join(WEIGHT_TYPES)}")
+    return WEIGHT_TYPE_TABLE[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeds scaling: how a layer's weight scales the image branch's K and V
+# --------------------------------------------------------------------------------------------------
+def _unscaled(t: torch.Tensor, w: Weight) -> torch.Tensor:
+    return t
+
+
+def _scaled(t: torch.Tensor, w: Weight) -> torch.Tensor:
+    return t * w
+
+
+def _mean_scaled(v: torch.Tensor, w: Weight) -> torch.Tensor:
+    mu = v.mean(dim=1, keepdim=True)  # only V's mean over the tokens is weighted
+    return (v - mu) + w * mu
+
+
+@dataclass(frozen=True)
+class EmbedsScaling:
+    name: str
+    scale_k: Callable[[torch.Tensor, Weight], torch.Tensor]
+    scale_v: Callable[[torch.Tensor, Weight], torch.Tensor]
+    channel_penalty: bool = False  # narrower layers get proportionally less: the old extension's C / 1280
+
+    def scale(self, w: Weight, width: int, max_width: int, kc: torch.Tensor, vc: torch.Tensor, ku: torch.Tensor,
+              vu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K and V of cond and uncond scaled by ``w`` (a number or [rows, 1, 1] per-frame weights) at a
+        layer ``width`` channels wide, the widest being ``max_width``."""
+        if self.channel_penalty:
+            w = w * width / max_width
+        return self.scale_k(kc, w), self.scale_v(vc, w), self.scale_k(ku, w), self.scale_v(vu, w)
+
+
+EMBEDS_SCALING_TABLE: dict[str, EmbedsScaling] = {s.name: s for s in (
+    # Attn(q, K, w V) = w Attn(q, K, V): V is scaled once, not every attention call.
+    EmbedsScaling("V only", _unscaled, _scaled),
+    EmbedsScaling("K+V", _scaled, _scaled),
+    EmbedsScaling("K+V w/ C penalty", _scaled, _scaled, channel_penalty=True),
+    EmbedsScaling("K+mean(V) w/ C penalty", _scaled, _mean_scaled, channel_penalty=True),
+)}
+EMBEDS_SCALING = tuple(EMBEDS_SCALING_TABLE)
+
+
+def find_embeds_scaling(name: str) -> EmbedsScaling:
+    """The record of embeds scaling ``name``; ValueError listing the choices for an unknown one."""
+    if name not in EMBEDS_SCALING_TABLE:
+        raise ValueError(f"unknown embeds_scaling {name!r}; choose one of {EMBEDS_SCALING}")
+    return EMBEDS_SCALING_TABLE[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolving a layer's weight
+# --------------------------------------------------------------------------------------------------
 def _nonzero(w: Weight) -> bool:
     return bool((w != 0).any()) if isinstance(w, torch.Tensor) else w != 0
 
@@ -137,18 +217,17 @@ def resolve_layer_weights(
     """
     sites = layer_map(arch)
     count = transformer_count(arch)
-    if weight_type not in WEIGHT_TYPES + HIDDEN_WEIGHT_TYPES:
-        raise ValueError(f"unknown weight_type {weight_type!r}; choose one of: {', '.join(WEIGHT_TYPES)}")
-    swap_layers = set(_SWAPS[weight_type](arch)) if weight_type in _SWAPS else set()
+    record = find_weight_type(weight_type)
+    swap_layers = set(record.swaps(arch)) if record.swaps is not None else set()
     if layer_weights is not None:
         return _from_layer_weights(sites, count, weight, layer_weights, swap_layers)
     per_site: dict[AttnKey, Weight]
-    if weight_type in _CURVES:
-        per_site = {s.key: weight * _curve(weight_type, s.transformer_index, count, s.block) for s in sites}
+    if record.curve is not None:
+        per_site = {s.key: weight * record.curve(s.transformer_index, count, s.block) for s in sites}
     else:
-        values = _map_values(weight_type, weight, weight_composition, boost)
+        values = record.values(weight, weight_composition, boost)
         per_t: dict[int, Weight] = {}
-        for indices, var, factor in _MAPS[weight_type][arch]:
+        for indices, var, factor in record.layer_map[arch]:
             for t in indices:
                 per_t[t] = values[var] * factor
         per_site = {s.key: per_t.get(s.transformer_index, 0.0) for s in sites}
@@ -158,18 +237,6 @@ def resolve_layer_weights(
         for key, w in per_site.items()
         if _nonzero(w)
     }
-
-
-def _map_values(weight_type: str, weight: Weight, weight_composition: float | None,
-                boost: float | None) -> dict[str, Weight]:
-    """The variables of the style/composition maps, as the old extension set them per type."""
-    wc = 1.0 if weight_composition is None else weight_composition
-    b = weight
-    if weight_type == "style transfer precise":  # style_boost drives the composition layers
-        wc = weight if boost is None else boost
-    elif weight_type == "composition precise":  # composition_boost drives the style layers
-        wc, b = weight, (weight if boost is None else boost)
-    return {"w": weight, "wc": wc, "b": b}
 
 
 def _from_layer_weights(
@@ -193,7 +260,6 @@ def _from_layer_weights(
 
 
 # --- Mad Scientist ``layer_weights`` text ----------------------------------------------------------
-_ARCH_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 _KEY = re.compile(r"^(?:(?P<index>\d+)|(?P<block>input|output)_(?P<id>\d+)|(?P<middle>middle))(?:\.(?P<sub>\d+))?$")
 
 
@@ -244,7 +310,7 @@ def parse_layer_weights(text: str, arch: str) -> dict[int | tuple[int, int], flo
         key_text, value_text = key_text.strip(), value_text.strip()
 
         def bad(why: str) -> ValueError:
-            return ValueError(f"layer_weights entry {entry!r}: {why}. Valid keys for {_ARCH_NAMES[arch]}: "
+            return ValueError(f"layer_weights entry {entry!r}: {why}. Valid keys for {ARCH_NAMES[arch]}: "
                               f"{_valid_keys(arch)}.")
 
         if not sep:
@@ -263,7 +329,7 @@ def parse_layer_weights(text: str, arch: str) -> dict[int | tuple[int, int], flo
         else:
             name = "middle" if match["middle"] else f"{match['block']}_{int(match['id'])}"
             if name not in names:
-                raise bad(f"{_ARCH_NAMES[arch]} has no cross-attention in {name}")
+                raise bad(f"{ARCH_NAMES[arch]} has no cross-attention in {name}")
             t = names[name]
         key: int | tuple[int, int] = t
         if match["sub"] is not None:

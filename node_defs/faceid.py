@@ -12,9 +12,9 @@ from pathlib import Path
 
 import folder_paths
 
-from ..ipadapter import faceid, lora, presets, unified
-from ..ipadapter.apply import model_arch
-from ..ipadapter.checkpoint import FACEID_V2_OPTIONS
+from ..ipadapter import faceid, insightface_glue, lora, presets, unified
+from ..ipadapter.families import FACEID_V2_OPTIONS
+from ..ipadapter.layers import model_arch
 from .common import (ATTN_MASK, CLIP_VISION, COMBINE, END_AT, IMAGE_NEGATIVE, IPADAPTER, MODEL, SCALING, START_AT,
                      WEIGHT_TYPE, unpack, weight_input)
 
@@ -145,7 +145,7 @@ class IPAdapterUnifiedLoaderFaceID:
         resolved = presets.resolve_preset(preset, model_arch(model), need_lora=False)
         pipeline = unified.build_pipeline(resolved, ipadapter)
         pipeline["faceid_v2"] = resolved.preset.faceid_v2
-        pipeline["insightface"] = _insightface_entry(pipeline.get("insightface"), resolved.insightface_model, provider)
+        pipeline["insightface"] = insightface_glue.face_analysis_entry(pipeline.get("insightface"), resolved.insightface_model, provider)
         adapter = pipeline["ipadapter"]["model"]
         # The checkpoint carries the LoRA it was trained with; the separate *_lora file is the same LoRA
         # converted, used only for files that do not carry it.
@@ -154,19 +154,6 @@ class IPAdapterUnifiedLoaderFaceID:
         elif resolved.lora_path is not None:
             model = lora.apply_lora_file(model, resolved.lora_path, lora_strength)
         return (model, pipeline)
-
-
-def _insightface_entry(previous: dict | None, model_name: str, provider: str) -> dict:
-    """Reuse the chained pipeline's analyser when it is the same model and provider; otherwise load one.
-    A failure (insightface not installed, model files missing) is kept and raised by the FaceID node only
-    if it has to detect a face, so face_embeds still work without insightface."""
-    previous = previous or {}
-    if previous.get("model") is not None and previous.get("provider") == provider and previous.get("name") == model_name:
-        return previous
-    try:
-        return {"provider": provider, "name": model_name, "model": faceid.load_face_analysis(model_name, provider)}
-    except (ImportError, OSError, ValueError) as exc:
-        return {"provider": provider, "name": model_name, "model": None, "error": exc}
 
 
 class IPAdapterFaceIDLoRA:

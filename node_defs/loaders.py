@@ -1,7 +1,7 @@
 """Unified Loaders: pick the IP-Adapter and CLIP vision files of a preset for the connected model."""
 from __future__ import annotations
 
-from ..ipadapter.apply import model_arch
+from ..ipadapter.layers import model_arch
 from ..ipadapter.presets import preset_names, resolve_preset
 from ..ipadapter.unified import build_pipeline
 

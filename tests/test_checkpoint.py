@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 from harness import adapter_factory, dims
+from harness.widths import TINY_WIDTHS
 from support import LAYOUTS
 from ipadapter_next.ipadapter import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_WIDTHS = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EMBED)
 KOLORS_FACEID = adapter_factory.KOLORS_FACEID
 
 

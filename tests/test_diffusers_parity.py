@@ -20,7 +20,8 @@ import torch
 
 import parity_support as ps
 from harness import adapter_factory, tiny_models
-from harness.dims import TINY_CLIP, TINY_FACE_EMBED, TINY_UNET
+from harness.dims import TINY_CLIP, TINY_UNET
+from harness.widths import TINY_WIDTHS
 from ipadapter_next.ipadapter import adapter as adapter_mod
 from ipadapter_next.ipadapter import apply, checkpoint, layers
 
@@ -29,7 +30,6 @@ BASE_ATOL = 1e-5  # the two UNets without adapter
 MIN_EFFECT = 100 * ATOL  # every adapter case must move the noise prediction by at least this much
 LATENT_HW = (8, 12)  # grids 8x12, 4x6, 2x3, 1x2: diffusers' mask downsampling recovers each exactly
 TEXT_TOKENS = 7
-TINY_WIDTHS = checkpoint.KnownWidths.from_dims(TINY_CLIP, TINY_FACE_EMBED)
 VIT_H = TINY_CLIP["vit-h"]
 
 # family -> (arch, shape of one image's pre-projection features)

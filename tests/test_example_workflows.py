@@ -101,13 +101,11 @@ def reference_images(models_dir, torch_single_thread):
 @pytest.fixture(scope="module", autouse=True)
 def tiny_encoders_are_known():
     """The Unified Loaders find encoders by their tensors' widths: let them know the fixture's tiny ones."""
-    from harness.dims import TINY_CLIP, TINY_FACE_EMBED
-    from ipadapter_next.ipadapter import checkpoint, model_files
+    from harness.widths import TINY_WIDTHS
+    from ipadapter_next.ipadapter import encoders
 
-    widths = checkpoint.KnownWidths.from_dims(TINY_CLIP, TINY_FACE_EMBED)
-    model_files.register_widths(widths)
-    yield
-    model_files.unregister_widths(widths)
+    with encoders.widths_registered(TINY_WIDTHS):
+        yield
 
 
 def prompt_of(name: str) -> dict:

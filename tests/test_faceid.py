@@ -19,12 +19,12 @@ from PIL import Image
 import folder_paths
 
 from harness import adapter_factory, dims, executor, tiny_models
+from harness.widths import TINY_WIDTHS
 from ipadapter_next.ipadapter import adapter as adapter_mod
-from ipadapter_next.ipadapter import attention, checkpoint, faceid, model_files
+from ipadapter_next.ipadapter import attention, checkpoint, encoders, faceid
 from ipadapter_next.ipadapter.encode import encode_images, negative_embeds
 from support import sample
 
-TINY_WIDTHS = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EMBED)
 E = dims.TINY_FACE_EMBED
 PEN = "penultimate_hidden_states"
 FACE_FILE = "test_faces.face.safetensors"
@@ -281,10 +281,8 @@ def test_face_embeds_round_trip_keeps_raw_and_normed(tmp_path):
 def tiny_widths():
     """Let the loaders name the tiny stand-in encoders and face width (portrait-unnorm is told apart from
     SDXL Plus by its input being a face embedding)."""
-    widths = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EMBED)
-    model_files.register_widths(widths)
-    yield
-    model_files.unregister_widths(widths)
+    with encoders.widths_registered(TINY_WIDTHS):
+        yield
 
 
 def faceid_graph(ipadapter_file, *, ckpt="tiny_sd15.safetensors", node="IPAdapterFaceID", weight=1.0, lora=None,

@@ -22,7 +22,7 @@ import torch
 import folder_paths
 
 from harness import executor
-from ipadapter_next.ipadapter import faceid
+from ipadapter_next.ipadapter import faceid, insightface_glue
 from ipadapter_next.node_defs import faceid as faceid_nodes
 
 E = 16
@@ -129,6 +129,18 @@ def test_real_insightface_on_a_damaged_model_folder_is_wrapped_with_the_folder_n
         faceid.load_face_analysis("buffalo_l", "CPU", roots=[tmp_path])
 
 
+def test_the_unified_loaders_insightface_entry_reuses_a_matching_analyser_and_keeps_a_failure(monkeypatch):
+    loaded = {"provider": "CPU", "name": "buffalo_l", "model": StandInAnalyser([])}
+    assert insightface_glue.face_analysis_entry(loaded, "buffalo_l", "CPU") is loaded  # chained: not loaded again
+    monkeypatch.setitem(sys.modules, "insightface", None)  # another provider has to load: insightface is missing
+    entry = insightface_glue.face_analysis_entry(loaded, "buffalo_l", "CUDA")
+    assert entry["model"] is None and isinstance(entry["error"], faceid.InsightFaceMissingError)
+    assert (entry["provider"], entry["name"]) == ("CUDA", "buffalo_l")
+    # Nothing to reuse: the failure is kept for the FaceID node too, not raised here.
+    fresh = insightface_glue.face_analysis_entry(None, "antelopev2", "CPU")
+    assert fresh["model"] is None and isinstance(fresh["error"], ImportError)
+
+
 # --------------------------------------------------------------------------------------------------
 # Detection (stand-in analyser) and alignment (real insightface)
 # --------------------------------------------------------------------------------------------------
@@ -209,13 +221,11 @@ def unified_graph(preset: str, lora_strength: float = 0.6, prefix: str = "unifie
 @pytest.fixture
 def tiny_encoders_known():
     """The tiny fixture encoders count as real ones for the presets' file search (tensor widths)."""
-    from harness import dims
-    from ipadapter_next.ipadapter import checkpoint, model_files
+    from harness.widths import TINY_WIDTHS
+    from ipadapter_next.ipadapter import encoders
 
-    widths = checkpoint.KnownWidths.from_dims(dims.TINY_CLIP, dims.TINY_FACE_EMBED)
-    model_files.register_widths(widths)
-    yield
-    model_files.unregister_widths(widths)
+    with encoders.widths_registered(TINY_WIDTHS):
+        yield
 
 
 def test_unified_loader_faceid_loads_the_preset_applies_its_lora_and_feeds_the_faceid_node(models_dir, tiny_encoders_known):

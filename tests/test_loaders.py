@@ -13,12 +13,11 @@ import folder_paths
 import nodes
 
 from harness import executor
-from harness.dims import TINY_CLIP, TINY_FACE_EMBED
+from harness.widths import TINY_WIDTHS
 from support import tiny_unet
-from ipadapter_next.ipadapter import checkpoint, model_files, presets, unified
+from ipadapter_next.ipadapter import checkpoint, encoders, model_files, presets, unified
 from ipadapter_next.ipadapter.presets import PRESETS, PresetFilesMissing, PresetUnsupported, resolve_preset
 
-TINY_WIDTHS = checkpoint.KnownWidths.from_dims(TINY_CLIP, TINY_FACE_EMBED)
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 REFERENCE = "loaders_test_reference.png"
 FOLDERS = ("ipadapter", "clip_vision", "loras")
@@ -27,12 +26,12 @@ FOLDERS = ("ipadapter", "clip_vision", "loras")
 @pytest.fixture(scope="module", autouse=True)
 def tiny_encoders_known(models_dir, torch_single_thread):
     """The fixture encoders have tiny widths: let the pack recognise them (as real files are by default)."""
-    model_files.register_widths(TINY_WIDTHS)
+    encoders.register_widths(TINY_WIDTHS)
     from PIL import Image
 
     Image.new("RGB", (64, 64), (200, 40, 90)).save(Path(folder_paths.get_input_directory()) / REFERENCE)
     yield
-    model_files.unregister_widths(TINY_WIDTHS)
+    encoders.unregister_widths(TINY_WIDTHS)
 
 
 @pytest.fixture
