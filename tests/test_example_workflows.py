@@ -37,7 +37,7 @@ FILES = sorted(p.name for p in FOLDER.glob("*.json"))
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "scripts" / "make_example_workflows.py")
+    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "dev" / "make_example_workflows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
