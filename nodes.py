@@ -1,4 +1,4 @@
-"""ComfyUI node registry: the node classes live in node_defs/ (one module per concern).
+"""ComfyUI node registry: the node classes live in node_defs/, one module per ComfyUI category.
 
 Class keys, input names, order, types, defaults and outputs follow ComfyUI_IPAdapter_plus 2.0.0 so
 saved workflows load unchanged; inputs added here come last and are optional.
@@ -6,10 +6,10 @@ saved workflows load unchanged; inputs added here come last and are optional.
 from __future__ import annotations
 
 from .ipadapter.paths import register_model_folders
-from .node_defs import apply_variants, core, embeds, faceid, loaders, weights_nodes
+from .node_defs import apply, embeds, faceid, loaders, utils, weights_params
 
 register_model_folders()
 
-_MODULES = (core, apply_variants, embeds, weights_nodes, loaders, faceid)
+_MODULES = (apply, embeds, weights_params, loaders, faceid, utils)
 NODE_CLASS_MAPPINGS: dict[str, type] = {key: cls for m in _MODULES for key, (cls, _) in m.NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {key: name for m in _MODULES for key, (_, name) in m.NODES.items()}

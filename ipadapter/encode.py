@@ -1,7 +1,10 @@
-"""Reference images -> CLIP vision embeddings: encoder checks, chunked encoding, negatives, combining."""
+"""Reference images -> CLIP vision embeddings: encoder checks, chunked encoding, negatives, combining (one table
+of combine methods, used by the apply nodes and by IPAdapter Combine Embeds)."""
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,6 @@ if _clip_preprocess is None:  # pragma: no cover - newer ComfyUI only
 
     _clip_preprocess = comfy.clip_model.clip_preprocess
 
-COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average")
 NEGATIVE_MODES = ("black image", "normalized zeros")
 # Which field of the encoder's output carries the features, by the spec's encoder output name.
 _OUTPUT_INDEX = {"image_embeds": 2, "penultimate_hidden_states": 1, "last_hidden_state": 0}
@@ -135,21 +137,63 @@ def _encode_default_negative(clip_vision, output: str, mode: str) -> Tensor:
     return _run_encoder(clip_vision, torch.zeros(1, 3, size, size, device=clip_vision.load_device), output)
 
 
+def negative_for_embeds(spec: AdapterSpec, adapter_name: str, clip_vision, like: Tensor,
+                        mode: str = "black image") -> Tensor:
+    """The negative for precomputed features ``like`` (IPAdapter Embeds without neg_embed): zeros for
+    image_embeds adapters, else the default negative image, which needs the encoder."""
+    output = spec.encoder.output
+    if output != "image_embeds" and clip_vision is None:
+        raise ValueError(f"{adapter_name}: without neg_embed the negative is encoded from a black image; "
+                         "connect clip_vision or neg_embed.")
+    if clip_vision is not None:
+        check_encoder(spec, clip_vision, adapter_name)
+    return negative_embeds(clip_vision, output, like, mode=mode)
+
+
+@dataclass(frozen=True)
+class CombineMethod:
+    """How N reference embeddings [N, ...] become one [1, ...] (``concat`` keeps all N)."""
+
+    combine: Callable[[Tensor], Tensor]
+    # The apply nodes' combine_embeds offers fewer methods than Combine Embeds: the old extension's lists.
+    on_apply_nodes: bool = True
+
+
+def _norm_average(embeds: Tensor) -> Tensor:
+    # Kept as the old extension computed it: normalised across the batch axis, per feature.
+    return (embeds / embeds.norm(dim=0, keepdim=True)).mean(dim=0, keepdim=True)
+
+
+COMBINE_TABLE: dict[str, CombineMethod] = {
+    "concat": CombineMethod(lambda embeds: embeds),
+    "add": CombineMethod(lambda embeds: embeds.sum(dim=0, keepdim=True)),
+    "subtract": CombineMethod(lambda embeds: embeds[:1] - embeds[1:].mean(dim=0, keepdim=True)),
+    "average": CombineMethod(lambda embeds: embeds.mean(dim=0, keepdim=True)),
+    "norm average": CombineMethod(_norm_average),
+    "max": CombineMethod(lambda embeds: embeds.max(dim=0, keepdim=True).values, on_apply_nodes=False),
+    "min": CombineMethod(lambda embeds: embeds.min(dim=0, keepdim=True).values, on_apply_nodes=False),
+}
+COMBINE_METHODS = tuple(name for name, method in COMBINE_TABLE.items() if method.on_apply_nodes)
+EMBEDS_COMBINE_METHODS = tuple(COMBINE_TABLE)  # IPAdapter Combine Embeds offers every method
+
+
 def combine_embeds(embeds: Tensor, method: str) -> Tensor:
     """Combine N reference embeddings [N, ...] into one [1, ...] (``concat`` keeps all N)."""
-    if method == "concat" or embeds.shape[0] == 1:
+    if embeds.shape[0] == 1:  # one embedding is its own combination, whatever the method (checked first, as before)
         return embeds
-    if method == "add":
-        return embeds.sum(dim=0, keepdim=True)
-    if method == "subtract":
-        return embeds[:1] - embeds[1:].mean(dim=0, keepdim=True)
-    if method == "average":
-        return embeds.mean(dim=0, keepdim=True)
-    if method == "norm average":
-        # Kept as the old extension computed it: normalised across the batch axis, per feature.
-        return (embeds / embeds.norm(dim=0, keepdim=True)).mean(dim=0, keepdim=True)
-    if method == "max":
-        return embeds.max(dim=0, keepdim=True).values
-    if method == "min":
-        return embeds.min(dim=0, keepdim=True).values
-    raise ValueError(f"unknown combine method {method!r}; choose one of {COMBINE_METHODS + ('max', 'min')}")
+    if method not in COMBINE_TABLE:
+        raise ValueError(f"unknown combine method {method!r}; choose one of {EMBEDS_COMBINE_METHODS}")
+    return COMBINE_TABLE[method].combine(embeds)
+
+
+def stack_embeds(named: Sequence[tuple[str, Tensor]]) -> Tensor:
+    """Concatenate embeddings given as (input name, tensor) along the batch axis, on the first one's device
+    and dtype, after checking they come from the same kind of encoder (the names go in the message)."""
+    first_name, first = named[0]
+    for name, embeds in named[1:]:
+        if embeds.shape[1:] != first.shape[1:]:
+            raise ValueError(
+                f"IPAdapter Combine Embeds: {name} has features of shape {list(embeds.shape[1:])} but "
+                f"{first_name} has {list(first.shape[1:])}; all inputs must come from the same kind of "
+                "IP-Adapter encoder.")
+    return torch.cat([embeds.to(first.device, first.dtype) for _, embeds in named])

@@ -1,1 +1,2 @@
-"""Node classes by concern; nodes.py is the registry ComfyUI reads."""
+"""Node classes, one module per ComfyUI category (specs.py: the input specs; registry.py: keys and names);
+nodes.py is the registry ComfyUI reads."""

@@ -1,14 +1,36 @@
-"""Unified Loaders: pick the IP-Adapter and CLIP vision files of a preset for the connected model."""
+"""Loaders (category ipadapter/loaders, and the Unified Loader the old extension listed under ipadapter):
+IPAdapter Model Loader, the Unified Loaders (a preset's files for the connected model) and InsightFace.
+The Unified Loader FaceID, listed under ipadapter/faceid, is in node_defs/faceid.py."""
 from __future__ import annotations
 
+import folder_paths
+
+from ..ipadapter import faceid
+from ..ipadapter.adapter import load_adapter
 from ..ipadapter.layers import model_arch
 from ..ipadapter.presets import preset_names, resolve_preset
 from ..ipadapter.unified import build_pipeline
+from .registry import node_table
+from .specs import FromSpecs
 
 _PRESET_TOOLTIP = ("Which IP-Adapter to use; the matching file for SD1.5 or SDXL is chosen from the connected "
                    "model, and the CLIP vision encoder is found in models/clip_vision by its tensors (any name).")
 _CHAIN = ("IPADAPTER", {"tooltip": "Chain Unified Loaders through this input: files already loaded upstream "
                                    "are reused, not loaded again."})
+
+
+class IPAdapterModelLoader:
+    CATEGORY = "ipadapter/loaders"
+    RETURN_TYPES = ("IPADAPTER",)
+    FUNCTION = "load_ipadapter_model"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ipadapter_file": (folder_paths.get_filename_list("ipadapter"), {
+            "tooltip": "An IP-Adapter checkpoint in models/ipadapter; its family is read from its tensors."})}}
+
+    def load_ipadapter_model(self, ipadapter_file):
+        return (load_adapter(folder_paths.get_full_path_or_raise("ipadapter", ipadapter_file)),)
 
 
 class IPAdapterUnifiedLoader:
@@ -38,7 +60,21 @@ class IPAdapterUnifiedLoaderCommunity(IPAdapterUnifiedLoader):
     LOADER = "community"
 
 
-NODES = {
-    "IPAdapterUnifiedLoader": (IPAdapterUnifiedLoader, "IPAdapter Unified Loader"),
-    "IPAdapterUnifiedLoaderCommunity": (IPAdapterUnifiedLoaderCommunity, "IPAdapter Unified Loader Community"),
-}
+class IPAdapterInsightFaceLoader(FromSpecs):
+    CATEGORY = "ipadapter/loaders"
+    RETURN_TYPES = ("INSIGHTFACE",)
+    FUNCTION = "load_insightface"
+    REQUIRED = (
+        ("provider", (["CPU", "CUDA", "ROCM"], {
+            "tooltip": "onnxruntime execution provider (CUDA needs onnxruntime-gpu)."})),
+        ("model_name", (list(faceid.INSIGHTFACE_MODELS), {
+            "tooltip": "buffalo_l for the h94 FaceID models; antelopev2 for Kolors FaceID. The .onnx files go in "
+                       "models/insightface/models/<name>/."})),
+    )
+
+    def load_insightface(self, provider, model_name):
+        return (faceid.load_face_analysis(model_name, provider),)
+
+
+NODES = node_table(IPAdapterModelLoader, IPAdapterUnifiedLoader, IPAdapterUnifiedLoaderCommunity,
+                   IPAdapterInsightFaceLoader)

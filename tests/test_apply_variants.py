@@ -17,7 +17,8 @@ import nodes
 
 from harness import executor
 from ipadapter_next.ipadapter import apply, attention, layers, params, tiles, weights
-from ipadapter_next.node_defs import apply_variants
+from ipadapter_next.node_defs.apply import IPAdapterMS, IPAdapterTiled
+from ipadapter_next.node_defs.weights_params import IPAdapterCombineParams, IPAdapterRegionalConditioning
 from support import features, sample, tiny_adapter, tiny_unet
 
 REF, REF2 = "variants_ref.png", "variants_ref2.png"
@@ -154,7 +155,7 @@ def test_regional_conditioning_two_regions_through_combine_and_from_params(plain
 
 
 def test_regional_conditioning_sets_the_mask_on_both_conditionings():
-    node = apply_variants.IPAdapterRegionalConditioning()
+    node = IPAdapterRegionalConditioning()
     image, mask = torch.rand(1, 32, 32, 3), torch.rand(64, 64)
     positive, negative = [[torch.zeros(1, 77, 8), {"pooled_output": None}]], [[torch.ones(1, 77, 8), {}]]
     region, pos, neg = node.conditioning(image, 0.8, 2.5, "style transfer", 0.1, 0.9, mask=mask, positive=positive,
@@ -173,7 +174,7 @@ def test_regional_conditioning_sets_the_mask_on_both_conditionings():
 
 def test_combine_params_concatenates_in_order_and_checks_its_inputs():
     regions = [params.make_params(torch.full((1, 4, 4, 3), float(i)), None, i, "linear", 0.0, 1.0) for i in range(4)]
-    node = apply_variants.IPAdapterCombineParams()
+    node = IPAdapterCombineParams()
     (combined,) = node.combine(regions[0], regions[1], params_4=regions[2], params_5=regions[3])
     assert combined["weight"] == [0, 1, 2, 3]
     assert [float(img[0, 0, 0, 0]) for img in combined["image"]] == [0.0, 1.0, 2.0, 3.0]
@@ -310,7 +311,7 @@ def test_tile_masks_carry_the_attention_mask_and_the_node_returns_tiles_and_mask
     attn = torch.zeros(1, 64, 64)
     attn[:, :, :32] = 1.0  # left half
     clip_vision = comfy.clip_vision.load(str(fixture_files.clip_vision["vit-h"]))
-    node = apply_variants.IPAdapterTiled()
+    node = IPAdapterTiled()
     model, tile_batch, masks = node.apply_tiled(tiny_unet("sd15"), tiny_adapter(PLUS["sd15"]), torch.rand(1, 90, 90, 3),
                                                 1.0, "linear", 0.0, 1.0, 0.0, "V only", combine_embeds="concat",
                                                 attn_mask=attn, clip_vision=clip_vision)
@@ -359,7 +360,7 @@ def test_enhancer_features_one_image_gives_two_embeddings_several_mix(fixture_fi
 
 def test_mad_scientist_rejects_bad_layer_weights_with_the_entry(fixture_files):
     clip_vision = comfy.clip_vision.load(str(fixture_files.clip_vision["vit-h"]))
-    node = apply_variants.IPAdapterMS()
+    node = IPAdapterMS()
     with pytest.raises(ValueError, match=r"^layer_weights entry 'output_12:1': SD1.5 has no cross-attention"):
         node.apply_ipadapter(tiny_unet("sd15"), tiny_adapter(PLUS["sd15"]), torch.rand(1, 32, 32, 3), 1.0, 1.0,
                              "linear", "concat", 0.0, 1.0, "V only", "3:1, output_12:1", clip_vision=clip_vision)
