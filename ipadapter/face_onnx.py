@@ -35,6 +35,7 @@ __all__ = [
     "OnnxFace",
     "OnnxFaceAnalysis",
     "classify_onnx_model",
+    "create_session",
     "find_face_models",
     "load_onnx_face_analysis",
     "norm_crop",
@@ -176,6 +177,11 @@ def _session(path: Path, providers: list[str]):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def create_session(path: str | Path, provider: str | Sequence[str] | None = "CPU"):
+    """An onnxruntime ``InferenceSession`` for ``path`` on ``provider`` (falling back to the CPU)."""
+    return _session(Path(path), _providers(provider))
 
 
 def _missing_message(model_dir: Path, missing: str, found: dict[str, list[str]]) -> str:
