@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO_ROOT as REPO, runtime
+from harness import runtime
 
 runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-bench-")))
 runtime.init_nodes(load_pack=True)

@@ -187,7 +187,10 @@ class IPAttention:
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
         else:  # exactly what ComfyUI computes without a patch
-            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+            # extra_options carries the block's transformer_options (minus the patch tables), so an
+            # optimized_attention_override another extension set is honoured here as on unpatched layers.
+            out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
+                                                      transformer_options=extra_options)
         if not self._weighted:
             return out
         sigma = _current_sigma(extra_options)

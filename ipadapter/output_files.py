@@ -36,3 +36,32 @@ def input_files(suffix: str, *, posix: bool = False) -> list[str]:
     found = (os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root)
              for f in files if f.endswith(suffix))
     return sorted(path.replace(os.sep, "/") if posix else path for path in found)
+
+
+def input_file(name: str, node: str, what: str) -> str:
+    """The path of ``name`` (as a load node lists it) under ComfyUI's input folder.
+
+    A name that resolves outside input/ is refused on every ComfyUI version (0.33+ refuses it in
+    ``get_annotated_filepath`` with a bare ValueError; older versions followed it), and a missing file
+    says where such files go.
+    """
+    root = os.path.realpath(folder_paths.get_input_directory())
+    try:
+        path = folder_paths.get_annotated_filepath(name)
+    except ValueError:
+        path = None
+    if path is None or os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{node}: {name!r} points outside ComfyUI's input folder ({root}); {what} files are read "
+                         "only from there. Move the file into input/ and pick it from the list.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{node}: {name} is not in {root}; put {what} files there (saved ones are in output/).")
+    return path
+
+
+def file_version(path: str) -> str:
+    """What ComfyUI's IS_CHANGED compares: modification time and size, so a rewritten file is read again."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ""
+    return f"{stat.st_mtime_ns}:{stat.st_size}"

@@ -1,14 +1,10 @@
 """Embeds nodes (category ipadapter/embeds): encode references to features, apply features, combine, save, load."""
 from __future__ import annotations
 
-import os
-
-import folder_paths
-
 from ..ipadapter.apply import Embeds, apply_adapter, encode_for
 from ..ipadapter.embeds_file import SUFFIX, load_embeds, save_embeds
 from ..ipadapter.encode import EMBEDS_COMBINE_METHODS, combine_embeds, negative_for_embeds, stack_embeds
-from ..ipadapter.output_files import input_files, next_output_file
+from ..ipadapter.output_files import file_version, input_file, input_files, next_output_file
 from ..ipadapter.unified import adapter_and_encoder
 from .registry import node_table
 from .specs import WEIGHT_UP_TO_3, FromSpecs
@@ -104,15 +100,13 @@ class IPAdapterLoadEmbeds:
 
     @classmethod
     def IS_CHANGED(cls, embeds):
-        path = folder_paths.get_annotated_filepath(embeds)
-        return os.path.getmtime(path) if os.path.exists(path) else ""
+        try:
+            return file_version(input_file(embeds, "IPAdapter Load Embeds", SUFFIX))
+        except (OSError, ValueError):
+            return ""  # load() raises the clear error
 
     def load(self, embeds):
-        path = folder_paths.get_annotated_filepath(embeds)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"IPAdapter Load Embeds: {embeds} is not in {folder_paths.get_input_directory()}; "
-                                    "put .ipadpt files there (saved ones are in output/).")
-        return (load_embeds(path),)
+        return (load_embeds(input_file(embeds, "IPAdapter Load Embeds", SUFFIX)),)
 
 
 NODES = node_table(IPAdapterEncoder, IPAdapterEmbeds, IPAdapterEmbedsBatch, IPAdapterCombineEmbeds,

@@ -8,14 +8,10 @@ Save / Load Face Embeds, and IPAdapter FaceID LoRA (the LoRA stored inside the F
 """
 from __future__ import annotations
 
-import os
-
-import folder_paths
-
 from ..ipadapter import faceid, insightface_glue, lora, presets, unified
 from ..ipadapter.families import FACEID_V2_OPTIONS
 from ..ipadapter.layers import model_arch
-from ..ipadapter.output_files import input_files, next_output_file
+from ..ipadapter.output_files import file_version, input_file, input_files, next_output_file
 from .registry import node_table
 from .specs import WEIGHT_UP_TO_3, FromSpecs
 
@@ -156,8 +152,15 @@ class IPAdapterFaceEmbedsLoad:
         return {"required": {"face_embeds": (input_files(faceid.FACE_EMBEDS_SUFFIX, posix=True), {
             "tooltip": f"A {faceid.FACE_EMBEDS_SUFFIX} file in ComfyUI's input folder (copy it there from output)."})}}
 
+    @classmethod
+    def IS_CHANGED(cls, face_embeds):
+        try:
+            return file_version(input_file(face_embeds, "IPAdapter Load Face Embeds", faceid.FACE_EMBEDS_SUFFIX))
+        except (OSError, ValueError):
+            return ""  # load() raises the clear error
+
     def load(self, face_embeds):
-        return (faceid.load_face_embeds(os.path.join(folder_paths.get_input_directory(), face_embeds)),)
+        return (faceid.load_face_embeds(input_file(face_embeds, "IPAdapter Load Face Embeds", faceid.FACE_EMBEDS_SUFFIX)),)
 
 
 NODES = node_table(IPAdapterFaceID, IPAdapterFaceIDBatch, IPAdapterFaceIDKolors, IPAdapterUnifiedLoaderFaceID,
