@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "EncoderMismatchError",
     "FaceIDError",
+    "FaceModelFilesError",
     "FaceModelMissingError",
     "InsightFaceMissingError",
     "LoraError",
@@ -65,6 +66,10 @@ class InsightFaceMissingError(ImportError):
 
 class FaceModelMissingError(FileNotFoundError):
     """An insightface model pack is not in the insightface folders, or does not load."""
+
+
+class FaceModelFilesError(FaceModelMissingError):
+    """A face model folder lacks a usable detector or recognition .onnx file (onnxruntime backend)."""
 
 
 class NoFaceError(ValueError):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FaceModelFilesError
 from .face_align import norm_crop
 from .face_detect import DEFAULT_DET_SIZE, DEFAULT_DET_THRESH, SCRFD
 
@@ -49,10 +50,6 @@ FACE_MODEL_FILES = {
     "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
 }
 ORT_INSTALL_HINT = "pip install onnxruntime (onnxruntime-gpu for CUDA) into ComfyUI's Python"
-
-
-class FaceModelFilesError(FileNotFoundError):
-    """The model folder or one of the two face models (detector, recognition) is missing or unusable."""
 
 
 def onnxruntime_available() -> bool:

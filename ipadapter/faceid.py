@@ -4,9 +4,6 @@ FaceID adapters read a 512-d ArcFace embedding of the face (insightface ``normed
 ``embedding`` for Portrait-unnorm) instead of, or beside (FaceID-Plus, Kolors), CLIP features of the
 aligned face crop. The embeddings come from ``insightface_glue`` (detection) or are given directly
 (``FaceEmbeds``, also saved and loaded as files), so FaceID runs without insightface too.
-
-The node layer reaches the insightface glue it needs (models, providers, face selection, loading)
-through this module too: those names are imported here from ``insightface_glue`` and listed in ``__all__``.
 """
 from __future__ import annotations
 
@@ -23,31 +20,20 @@ from torch import Tensor
 from .adapter import Adapter
 from .apply import Embeds, apply_adapter
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
-from .errors import FaceIDError, FaceModelMissingError, InsightFaceMissingError, NoFaceError
+from .errors import FaceIDError, NoFaceError
 from .families import resolve_faceid_v2
-from .insightface_glue import (DET_SIZES, FACE_SELECTIONS, INSIGHTFACE_MODELS, PROVIDERS, detect_faces, find_model_dir,
-                               import_insightface, insightface_roots, load_face_analysis)
+from .insightface_glue import DET_SIZES, detect_faces
 
 __all__ = [
-    "DET_SIZES",
     "FACE_EMBEDS_SUFFIX",
-    "FACE_SELECTIONS",
     "FaceEmbeds",
     "FaceIDError",
-    "FaceModelMissingError",
-    "INSIGHTFACE_MODELS",
-    "InsightFaceMissingError",
     "NoFaceError",
-    "PROVIDERS",
     "analyze_faces",
     "apply_faceid",
     "crop_size_for",
     "faceid_embeds",
-    "find_model_dir",
-    "import_insightface",
-    "insightface_roots",
     "kolors_token_transform",
-    "load_face_analysis",
     "load_face_embeds",
     "save_face_embeds",
 ]

@@ -1,10 +1,15 @@
-"""insightface glue: importing it (optional), finding its model packs, loading them, detecting faces.
+"""Face analysis glue: choosing the backend, finding the model packs, loading them, detecting faces.
+
+Two backends read the same ONNX files from ``models/insightface/models/<name>/``: the insightface
+package (optional, what the old extension used) and this pack's own onnxruntime pipeline
+(``face_onnx``), which needs only ``pip install onnxruntime``. "auto" takes insightface when it is
+installed (the old behaviour) and onnxruntime otherwise.
 
 Everything the old extension did around insightface is here: the ``models/insightface`` folder (also
 from extra_model_paths.yaml), the nested ``antelopev2/antelopev2`` folder that unzipping leaves,
 detection retried at smaller sizes (640 down to 320), the first detected face (or the largest), and the
-aligned crops. insightface is imported only when a face has to be detected: without it the pack loads
-and the FaceID nodes still run from face embeddings given directly. What the embeddings do is
+aligned crops. Nothing is imported until a face has to be detected: without either package the pack
+loads and the FaceID nodes still run from face embeddings given directly. What the embeddings do is
 ``faceid``'s business.
 """
 from __future__ import annotations
@@ -15,18 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import importlib.util
+
 import numpy as np
 import torch
 from torch import Tensor
 
 import folder_paths
 
+from . import face_align, face_onnx
 from .errors import FaceIDError, FaceModelMissingError, InsightFaceMissingError, NoFaceError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DET_SIZES",
+    "FACE_BACKENDS",
     "FACE_SELECTIONS",
     "INSIGHTFACE_MODELS",
     "PROVIDERS",
@@ -42,6 +51,8 @@ INSIGHTFACE_MODELS = ("buffalo_l", "antelopev2")
 PROVIDERS = ("CPU", "CUDA", "ROCM", "DirectML", "OpenVINO", "CoreML")
 DET_SIZES = tuple(range(640, 256, -64))  # 640, 576, ..., 320: the old extension's retry ladder
 FACE_SELECTIONS = ("first", "largest")  # "first" = the detector's best-scoring face (the old behaviour)
+# "auto": insightface when installed (what old workflows ran), else the pack's own onnxruntime pipeline.
+FACE_BACKENDS = ("auto", "insightface", "onnxruntime")
 
 INSTALL_HINT = (
     "pip install insightface onnxruntime (onnxruntime-gpu for CUDA) into ComfyUI's Python; on Windows, "
@@ -64,7 +75,9 @@ def import_insightface() -> ModuleType:
     except ImportError as exc:
         raise InsightFaceMissingError(
             f"FaceID face detection needs the insightface package, which is not installed ({exc}). "
-            f"Install it: {INSTALL_HINT}. Or skip detection: connect precomputed face embeddings to the "
+            f"Install it: {INSTALL_HINT}. Or choose the onnxruntime backend (IPAdapter InsightFace Loader's "
+            "`backend`), which needs only `pip install onnxruntime`, or skip detection: connect precomputed face "
+            "embeddings to the "
             "FaceID node's face_embeds input (IPAdapter Load Face Embeds)."
         ) from exc
     return insightface
@@ -94,12 +107,13 @@ def find_model_dir(name: str, roots: Sequence[Path] | None = None) -> Path:
                 if pattern != _MODEL_SUBDIRS[0]:
                     log.info("insightface %s found in %s (not the usual <root>/models/%s); using it", name, candidate, name)
                 return candidate
-    download = ("insightface downloads buffalo_l itself only when online; ComfyUI here does not download"
-                if name == "buffalo_l" else f"{name} is never downloaded automatically")
+    det, rec = face_onnx.FACE_MODEL_FILES.get(name, ("a face detector .onnx", "a recognition .onnx"))
     raise FaceModelMissingError(
         f"insightface model '{name}' not found: no .onnx files in {', '.join(tried) or '(no insightface folder)'}. "
-        f"Download {name}.zip from the insightface model zoo and unzip it so that the .onnx files are in "
-        f"{Path(roots[0]) / 'models' / name if roots else 'models/insightface/models/' + name} ({download})."
+        f"FaceID needs the face detector {det} and the recognition model {rec} of the {name} pack: download "
+        f"{name}.zip from the insightface model zoo and unzip it so that the .onnx files are in "
+        f"{Path(roots[0]) / 'models' / name if roots else 'models/insightface/models/' + name} "
+        "(nothing is downloaded automatically)."
     )
 
 
@@ -107,15 +121,19 @@ _analysers: dict[tuple[str, str], object] = {}
 _analysers_lock = threading.Lock()
 
 
-def load_face_analysis(model_name: str = "buffalo_l", provider: str = "CPU", roots: Sequence[Path] | None = None) -> object:
-    """An ``insightface.app.FaceAnalysis`` for ``model_name`` (cached per folder and provider), prepared
-    for detection at 640 px. The model folder is checked first, so insightface never tries to download."""
-    if provider not in PROVIDERS:
-        raise FaceIDError(f"unknown insightface provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+def resolve_backend(backend: str = "auto") -> str:
+    """"insightface" or "onnxruntime" for a FACE_BACKENDS choice ("auto": insightface when installed)."""
+    if backend not in FACE_BACKENDS:
+        raise FaceIDError(f"unknown face analysis backend {backend!r}; choose one of {', '.join(FACE_BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "insightface" if importlib.util.find_spec("insightface") is not None else "onnxruntime"
+
+
+def _load_insightface(model_name: str, model_dir: Path, provider: str) -> object:
     import_insightface()
     from insightface.app import FaceAnalysis  # noqa: PLC0415
 
-    model_dir = find_model_dir(model_name, roots)
     key = (str(model_dir), provider)
     with _analysers_lock:
         if key in _analysers:
@@ -133,7 +151,24 @@ def load_face_analysis(model_name: str = "buffalo_l", provider: str = "CPU", roo
         _analysers[key] = analyser
         return analyser
 
-def face_analysis_entry(previous: dict | None, model_name: str, provider: str) -> dict:
+
+def load_face_analysis(model_name: str = "buffalo_l", provider: str = "CPU", roots: Sequence[Path] | None = None,
+                       backend: str = "auto") -> object:
+    """A face analyser for ``model_name`` (cached per folder, provider and backend), prepared for
+    detection at 640 px: ``insightface.app.FaceAnalysis`` or the pack's ``face_onnx.OnnxFaceAnalysis``,
+    which answer the same calls. The model folder is checked first, so nothing tries to download."""
+    if provider not in PROVIDERS:
+        raise FaceIDError(f"unknown insightface provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    chosen = resolve_backend(backend)
+    if chosen == "insightface":
+        import_insightface()  # before the folder check: the missing package is the first thing to fix
+    model_dir = find_model_dir(model_name, roots)
+    if chosen == "insightface":
+        return _load_insightface(model_name, model_dir, provider)
+    return face_onnx.load_onnx_face_analysis(model_dir, provider)
+
+
+def face_analysis_entry(previous: dict | None, model_name: str, provider: str, backend: str = "auto") -> dict:
     """The ``insightface`` entry of a Unified Loader FaceID pipeline: ``{"provider", "name", "model"}``.
 
     ``previous`` (the chained pipeline's entry) is returned as is when it holds ``model_name`` loaded for
@@ -142,12 +177,14 @@ def face_analysis_entry(previous: dict | None, model_name: str, provider: str) -
     exception under ``"error"``, for the FaceID node to raise only if it has to detect a face, so that
     face embeddings given directly still work without insightface."""
     previous = previous or {}
-    if previous.get("model") is not None and previous.get("provider") == provider and previous.get("name") == model_name:
+    if (previous.get("model") is not None and previous.get("provider") == provider and previous.get("name") == model_name
+            and previous.get("backend", "auto") == backend):
         return previous
+    entry = {"provider": provider, "name": model_name, "backend": backend}
     try:
-        return {"provider": provider, "name": model_name, "model": load_face_analysis(model_name, provider)}
+        return {**entry, "model": load_face_analysis(model_name, provider, backend=backend)}
     except (ImportError, OSError, ValueError) as exc:
-        return {"provider": provider, "name": model_name, "model": None, "error": exc}
+        return {**entry, "model": None, "error": exc}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,6 +201,17 @@ def _pick(faces: list, selection: str):
     return faces[0]
 
 
+def _aligner(analyser):
+    """The ArcFace crop of the analyser's own package: insightface's for its FaceAnalysis (today's pixels
+    exactly), the pack's for the onnxruntime backend (within one grey level of insightface's)."""
+    if isinstance(analyser, face_onnx.OnnxFaceAnalysis):
+        return face_align.norm_crop
+    import_insightface()
+    from insightface.utils import face_align as insightface_align  # noqa: PLC0415
+
+    return insightface_align.norm_crop
+
+
 def detect_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: str = "first",
                  det_sizes: Sequence[int] = DET_SIZES) -> tuple[Tensor, Tensor, Tensor]:
     """Detect one face per image (IMAGE [B, H, W, 3] in 0..1): its ArcFace embedding normalised [B, E]
@@ -178,9 +226,7 @@ def detect_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: s
     if crop_size % 112 and crop_size % 128:
         raise FaceIDError(f"face crop size {crop_size} is not possible: insightface aligns to multiples of 112 or 128 "
                           "(224, 256, 336, ...)")
-    import_insightface()
-    from insightface.utils import face_align  # noqa: PLC0415
-
+    align = _aligner(analyser)
     normed, raw, crops = [], [], []
     for index in range(images.shape[0]):
         bgr = _to_bgr_uint8(images[index])
@@ -203,7 +249,7 @@ def detect_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: s
         emb = torch.as_tensor(np.asarray(face.embedding, dtype=np.float32))
         normed.append(emb / emb.norm())
         raw.append(emb)
-        crop = face_align.norm_crop(bgr, landmark=np.asarray(face.kps), image_size=crop_size)
+        crop = align(bgr, landmark=np.asarray(face.kps), image_size=crop_size)
         crops.append(torch.from_numpy(np.ascontiguousarray(crop[..., ::-1])).float() / 255.0)
     analyser.prepare(ctx_id=0, det_size=(det_sizes[0], det_sizes[0]))  # leave the shared model as loaded
     return torch.stack(normed), torch.stack(raw), torch.stack(crops)

@@ -78,7 +78,7 @@ class IPAdapterUnifiedLoaderFaceID:
                 "lora_strength": ("FLOAT", {"default": 0.6, "min": 0, "max": 1, "step": 0.01,
                                             "tooltip": "Strength of the FaceID LoRA the model was trained with (0: none). "
                                                        "Portrait models have no LoRA."}),
-                "provider": (list(faceid.PROVIDERS), {"tooltip": "onnxruntime execution provider for insightface."}),
+                "provider": (list(insightface_glue.PROVIDERS), {"tooltip": "onnxruntime execution provider for insightface."}),
             },
             "optional": {"ipadapter": ("IPADAPTER", {"tooltip": "Chain from another Unified Loader to share its models."})},
         }

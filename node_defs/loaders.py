@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..ipadapter import faceid
+from ..ipadapter import insightface_glue
 from ..ipadapter.adapter import load_adapter
 from ..ipadapter.layers import model_arch
 from ..ipadapter.presets import preset_names, resolve_preset
@@ -67,13 +67,20 @@ class IPAdapterInsightFaceLoader(FromSpecs):
     REQUIRED = (
         ("provider", (["CPU", "CUDA", "ROCM"], {
             "tooltip": "onnxruntime execution provider (CUDA needs onnxruntime-gpu)."})),
-        ("model_name", (list(faceid.INSIGHTFACE_MODELS), {
+        ("model_name", (list(insightface_glue.INSIGHTFACE_MODELS), {
             "tooltip": "buffalo_l for the h94 FaceID models; antelopev2 for Kolors FaceID. The .onnx files go in "
                        "models/insightface/models/<name>/."})),
     )
+    OPTIONAL = (
+        ("backend", (list(insightface_glue.FACE_BACKENDS), {
+            "default": "auto",
+            "tooltip": "What runs the face models: the insightface package, or this pack's own onnxruntime "
+                       "pipeline (needs only onnxruntime; same results). auto: insightface when installed, "
+                       "else onnxruntime."})),
+    )
 
-    def load_insightface(self, provider, model_name):
-        return (faceid.load_face_analysis(model_name, provider),)
+    def load_insightface(self, provider, model_name, backend="auto"):
+        return (insightface_glue.load_face_analysis(model_name, provider, backend=backend),)
 
 
 NODES = node_table(IPAdapterModelLoader, IPAdapterUnifiedLoader, IPAdapterUnifiedLoaderCommunity,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Union
 
-from ..ipadapter import faceid
+from ..ipadapter import insightface_glue
 from ..ipadapter.families import FACEID_V2_OPTIONS
 from ..ipadapter.encode import COMBINE_METHODS, NEGATIVE_MODES
 from ..ipadapter.weights import EMBEDS_SCALING, WEIGHT_TYPES
@@ -91,7 +91,7 @@ SPECS: dict[str, tuple] = {
         "default": FACEID_V2_OPTIONS[0],
         "tooltip": "FaceID Plus v1 or v2 (the files have identical tensors). 'auto from file name': v2 when the name "
                    "contains 'plusv2', as the old extension decided."}),
-    "face_selection": (list(faceid.FACE_SELECTIONS), {
+    "face_selection": (list(insightface_glue.FACE_SELECTIONS), {
         "tooltip": "Which face when an image holds several: the detector's first (best-scoring) one, or the largest."}),
 }
 

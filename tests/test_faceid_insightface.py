@@ -76,10 +76,13 @@ needs_insightface = pytest.mark.skipif(importlib.util.find_spec("insightface") i
 def test_without_insightface_the_pack_loads_and_detection_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "insightface", None)  # import insightface -> ImportError
     importlib.reload(faceid_nodes)  # the node module imports without it
-    with pytest.raises(faceid.InsightFaceMissingError, match="pip install insightface onnxruntime.*face_embeds"):
-        faceid.import_insightface()
-    with pytest.raises(faceid.InsightFaceMissingError):
-        faceid.load_face_analysis("buffalo_l")
+    with pytest.raises(insightface_glue.InsightFaceMissingError,
+                       match="pip install insightface onnxruntime.*onnxruntime backend.*face_embeds"):
+        insightface_glue.import_insightface()
+    with pytest.raises(insightface_glue.InsightFaceMissingError):
+        insightface_glue.load_face_analysis("buffalo_l", backend="insightface")
+    # "auto" falls back to the pack's own onnxruntime pipeline, which needs only the model files.
+    assert insightface_glue.resolve_backend("auto") == "onnxruntime"
     assert "IPAdapterFaceID" in faceid_nodes.NODES
 
 
@@ -93,52 +96,54 @@ def _pack(folder: Path) -> Path:
 
 
 def test_models_insightface_is_registered_and_extra_model_paths_are_searched(tmp_path, models_dir):
-    roots = faceid.insightface_roots()
+    roots = insightface_glue.insightface_roots()
     assert Path(folder_paths.models_dir) / "insightface" in roots
     extra = tmp_path / "elsewhere"
     folder_paths.add_model_folder_path("insightface", str(extra))
     try:
         pack = _pack(extra / "models" / "buffalo_l")
-        assert faceid.find_model_dir("buffalo_l") == pack
+        assert insightface_glue.find_model_dir("buffalo_l") == pack
     finally:
         folder_paths.folder_names_and_paths["insightface"][0].remove(str(extra))
 
 
 def test_the_nested_antelopev2_folder_left_by_unzipping_is_found(tmp_path):
     nested = _pack(tmp_path / "models" / "antelopev2" / "antelopev2")
-    assert faceid.find_model_dir("antelopev2", [tmp_path]) == nested
+    assert insightface_glue.find_model_dir("antelopev2", [tmp_path]) == nested
 
 
 def test_missing_model_files_name_every_folder_tried_and_the_fix(tmp_path):
-    with pytest.raises(faceid.FaceModelMissingError) as err:
-        faceid.find_model_dir("antelopev2", [tmp_path])
+    with pytest.raises(insightface_glue.FaceModelMissingError) as err:
+        insightface_glue.find_model_dir("antelopev2", [tmp_path])
     message = str(err.value)
-    assert str(tmp_path / "models" / "antelopev2") in message and "never downloaded automatically" in message
+    assert str(tmp_path / "models" / "antelopev2") in message and "nothing is downloaded automatically" in message
+    assert "scrfd_10g_bnkps.onnx" in message and "glintr100.onnx" in message  # the files FaceID needs
 
 
 @needs_insightface
 def test_real_insightface_with_model_files_absent_gives_a_clear_error(tmp_path):
-    with pytest.raises(faceid.FaceModelMissingError, match="'buffalo_l' not found"):
-        faceid.load_face_analysis("buffalo_l", "CPU", roots=[tmp_path])
+    with pytest.raises(insightface_glue.FaceModelMissingError, match="'buffalo_l' not found"):
+        insightface_glue.load_face_analysis("buffalo_l", "CPU", roots=[tmp_path])
 
 
 @needs_insightface
 def test_real_insightface_on_a_damaged_model_folder_is_wrapped_with_the_folder_named(tmp_path):
     pack = _pack(tmp_path / "models" / "buffalo_l")
-    with pytest.raises(faceid.FaceModelMissingError, match=f"could not load 'buffalo_l' from {pack}"):
-        faceid.load_face_analysis("buffalo_l", "CPU", roots=[tmp_path])
+    with pytest.raises(insightface_glue.FaceModelMissingError, match=f"could not load 'buffalo_l' from {pack}"):
+        insightface_glue.load_face_analysis("buffalo_l", "CPU", roots=[tmp_path])
 
 
 def test_the_unified_loaders_insightface_entry_reuses_a_matching_analyser_and_keeps_a_failure(monkeypatch):
     loaded = {"provider": "CPU", "name": "buffalo_l", "model": StandInAnalyser([])}
     assert insightface_glue.face_analysis_entry(loaded, "buffalo_l", "CPU") is loaded  # chained: not loaded again
     monkeypatch.setitem(sys.modules, "insightface", None)  # another provider has to load: insightface is missing
-    entry = insightface_glue.face_analysis_entry(loaded, "buffalo_l", "CUDA")
-    assert entry["model"] is None and isinstance(entry["error"], faceid.InsightFaceMissingError)
-    assert (entry["provider"], entry["name"]) == ("CUDA", "buffalo_l")
-    # Nothing to reuse: the failure is kept for the FaceID node too, not raised here.
+    entry = insightface_glue.face_analysis_entry(loaded, "buffalo_l", "CUDA", backend="insightface")
+    assert entry["model"] is None and isinstance(entry["error"], insightface_glue.InsightFaceMissingError)
+    assert (entry["provider"], entry["name"], entry["backend"]) == ("CUDA", "buffalo_l", "insightface")
+    # Nothing to reuse: the failure is kept for the FaceID node too, not raised here ("auto" chose
+    # onnxruntime, which finds no antelopev2 files in the fixture models).
     fresh = insightface_glue.face_analysis_entry(None, "antelopev2", "CPU")
-    assert fresh["model"] is None and isinstance(fresh["error"], ImportError)
+    assert fresh["model"] is None and isinstance(fresh["error"], insightface_glue.FaceModelMissingError)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import REPO_ROOT
+from harness.dims import TINY_FACE_EMBED
 
 CACHE_ROOT = REPO_ROOT / ".cache" / "fixtures" / "face_onnx"
 FORMAT = 1
@@ -114,13 +115,13 @@ def _tiny_arcface_class():
     nn = torch.nn
 
     class TinyArcFace(nn.Module):
-        def __init__(self, seed=0, size=112):
+        def __init__(self, seed=0, size=112, width=EMBED_DIM):
             super().__init__()
             gen = torch.Generator().manual_seed(seed)
             self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
             self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
             self.pool = nn.AvgPool2d(4)
-            self.fc = nn.Linear(16 * (size // 16) ** 2, EMBED_DIM)
+            self.fc = nn.Linear(16 * (size // 16) ** 2, width)
             with torch.no_grad():
                 for p in self.parameters():
                     p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim > 1 else 0.1))
@@ -179,10 +180,11 @@ def export_scrfd(path: Path, *, strides=(8, 16, 32), anchors=2, kps=True, batche
     return path
 
 
-def export_arcface(path: Path, *, seed=0, mxnet_names=False) -> Path:
-    """Write a ``TinyArcFace`` (``input.1`` [N, 3, 112, 112] -> ``embedding`` [N, 512]) to ``path``."""
+def export_arcface(path: Path, *, seed=0, mxnet_names=False, width=EMBED_DIM) -> Path:
+    """Write a ``TinyArcFace`` (``input.1`` [N, 3, 112, 112] -> ``embedding`` [N, width], 512 as released)
+    to ``path``."""
     torch = _torch()
-    _export(_tiny_arcface_class()(seed), torch.zeros(1, 3, 112, 112), path, ["embedding"],
+    _export(_tiny_arcface_class()(seed, width=width), torch.zeros(1, 3, 112, 112), path, ["embedding"],
             {"input.1": {0: "None"}, "embedding": {0: "None"}})
     if mxnet_names:
         import onnx  # noqa: PLC0415 (test-only)
@@ -211,6 +213,11 @@ def _build(root: Path) -> dict:
         "variants/det_nokps.onnx": lambda p: export_scrfd(p, kps=False),
         "variants/det_static640.onnx": lambda p: export_scrfd(p, static=(640, 640)),
         "variants/rec_mxnet.onnx": lambda p: export_arcface(p, seed=2, mxnet_names=True),
+        # Packs whose embedding has the tiny FaceID adapters' face width, for end-to-end FaceID runs.
+        "tiny_width/buffalo_l/det_10g.onnx": lambda p: export_scrfd(p),
+        "tiny_width/buffalo_l/w600k_r50.onnx": lambda p: export_arcface(p, seed=0, width=TINY_FACE_EMBED),
+        "tiny_width/antelopev2/scrfd_10g_bnkps.onnx": lambda p: export_scrfd(p, batched=True),
+        "tiny_width/antelopev2/glintr100.onnx": lambda p: export_arcface(p, seed=1, width=TINY_FACE_EMBED),
     }
     for rel, make in files.items():
         make(root / rel)
