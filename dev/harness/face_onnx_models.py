@@ -29,7 +29,6 @@ hash covers this file and the torch version, like ``model_tree``'s cache) and re
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -42,6 +41,7 @@ import numpy as np
 
 from harness import REPO_ROOT
 from harness.dims import TINY_FACE_EMBED
+from harness.model_tree import locked
 
 CACHE_ROOT = REPO_ROOT / ".cache" / "fixtures" / "face_onnx"
 FORMAT = 1
@@ -231,23 +231,12 @@ def fixture_version() -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_face_models() -> Path:
     """Build the face model files for this version unless cached; return their folder."""
     target = CACHE_ROOT / fixture_version()
     manifest = target / "manifest.json"
     if not manifest.exists():
-        with _locked(CACHE_ROOT / f"{target.name}.lock"):
+        with locked(CACHE_ROOT / f"{target.name}.lock"):
             if not manifest.exists():
                 tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=CACHE_ROOT))
                 try:

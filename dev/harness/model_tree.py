@@ -69,7 +69,8 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive file lock: parallel test processes build a fixture once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -149,7 +150,7 @@ def ensure_cache() -> tuple[Path, dict]:
     target = cache_dir()
     manifest_path = target / "manifest.json"
     if not manifest_path.exists():
-        with _locked(CACHE_ROOT / f"{target.name}.lock"):
+        with locked(CACHE_ROOT / f"{target.name}.lock"):
             if not manifest_path.exists():
                 start = time.perf_counter()
                 tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=CACHE_ROOT))
