@@ -12,6 +12,8 @@ VENV := .venv
 COMFY_REQS := requirements/comfyui.txt
 else
 override COMFYUI_PATH := $(abspath $(COMFYUI_PATH))
+# `override` drops the variable's export; pytest reads it from the environment.
+export COMFYUI_PATH
 VENV := .venv-comfyui-$(shell printf '%s' '$(COMFYUI_PATH)' | sha1sum | cut -c1-10)
 COMFY_REQS := $(COMFYUI_PATH)/requirements.txt
 endif
