@@ -74,16 +74,21 @@ def _context_dim(model, arch: str) -> int:
     return next(iter(text_kv_weights(model.get_model_object("diffusion_model"), arch).values()))[0].shape[1]
 
 
-def new_adapter(model, clip_vision, family: str, resampler: ResamplerSize = ResamplerSize()) -> tuple[TrainableAdapter, str]:
-    """A fresh adapter of ``family`` for this MODEL and encoder: default-initialised projection, and
-    to_k_ip / to_v_ip copied from each layer's text to_k / to_v. Returns it and the encoder output it reads."""
+def new_adapter(model, clip_vision, family: str, resampler: ResamplerSize = ResamplerSize(),
+                seed: int = 0) -> tuple[TrainableAdapter, str]:
+    """A fresh adapter of ``family`` for this MODEL and encoder: default-initialised projection (drawn from
+    ``seed``), and to_k_ip / to_v_ip copied from each layer's text to_k / to_v. Returns it and the encoder
+    output it reads."""
     fam = train_family(family)
     arch = _arch(model)
     unet = model.get_model_object("diffusion_model")
     pairs = text_kv_weights(unet, arch)
     width = encoder_widths(clip_vision)[fam.encoder_output]
     context = next(iter(pairs.values()))[0].shape[1]
-    adapter = TrainableAdapter(new_projection(fam, arch, context, width, resampler), FusedIPLayers.from_pairs(pairs))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projection = new_projection(fam, arch, context, width, resampler)
+    adapter = TrainableAdapter(projection, FusedIPLayers.from_pairs(pairs))
     return adapter, fam.encoder_output
 
 
