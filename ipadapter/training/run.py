@@ -58,6 +58,13 @@ def train(model, clip, vae, clip_vision, dataset: Dataset, settings: TrainSettin
     (the resumable state) and the adapter file every that many steps. Nothing is written before the
     first checkpoint, and an interrupt between checkpoints leaves the last complete files.
     """
+    with torch.inference_mode(False):  # ComfyUI runs nodes under inference mode; training builds a graph
+        return _train(model, clip, vae, clip_vision, dataset, settings, family, base, resampler, output, resume,
+                      checkpoint_every, on_step)
+
+
+def _train(model, clip, vae, clip_vision, dataset, settings, family, base, resampler, output, resume,
+           checkpoint_every, on_step) -> RunResult:
     adapter, output_kind = _start(model, clip_vision, family, base, resampler, settings.seed)
     optimizer_state, step = None, 0
     if resume is not None:

@@ -63,6 +63,21 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def release_inference_tensors(module: nn.Module) -> int:
+    """Make every parameter created under ``torch.inference_mode`` (a model loaded by a workflow) a normal
+    tensor with the same values, one at a time, in place: autograd may not save inference tensors for the
+    backward pass, and the backward through a frozen layer needs its weight. Nothing is copied as a whole
+    (each old tensor is freed as its replacement arrives; ComfyUI's own ops do the same). Returns the count."""
+    count = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+                    count += 1
+    return count
+
+
 def _arch(model) -> str:
     arch = model_arch(model)
     if arch is None:
@@ -145,6 +160,7 @@ class Trainer:
         self.last_drops: list[str] = []
 
     # -- encoding (frozen, no graph) -------------------------------------------------------------
+    @torch.no_grad()
     def _text(self, caption: str) -> tuple[Tensor, Tensor | None]:
         hit = self._texts.get(caption)
         if hit is None:
@@ -153,6 +169,7 @@ class Trainer:
             self._texts[caption] = hit
         return hit
 
+    @torch.no_grad()
     def _encode_sample(self, sample, image: Tensor) -> tuple[Tensor, Tensor]:
         key = id(sample)
         if key in self._encoded:
@@ -176,8 +193,9 @@ class Trainer:
             latent, feats = self._encode_sample(sample, image)
             if drop in ("image", "both"):  # basic: zero embeds; hidden-state families: an all-zero pixel input
                 if self._negative is None:
-                    self._negative = negative_embeds(self.clip_vision, self.output, feats,
-                                                     mode="normalized zeros").float().detach().clone()
+                    with torch.no_grad():
+                        self._negative = negative_embeds(self.clip_vision, self.output, feats,
+                                                         mode="normalized zeros").float().clone()
                 feats = self._negative
             cond, pool = self._text("" if drop in ("text", "both") else sample.caption)
             latents.append(latent)
@@ -259,6 +277,7 @@ class Trainer:
     def session(self) -> Iterator[None]:
         """Models loaded, UNet frozen, gradients on (ComfyUI runs nodes under inference_mode)."""
         mm.load_models_gpu([self.model])
+        release_inference_tensors(self.model.model.diffusion_model)
         with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(self.model.model):
             self.adapter.train()
             yield
