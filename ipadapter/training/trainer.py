@@ -251,10 +251,12 @@ class Trainer:
         loss = self.loss(x0, features, context, y)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            average_gradients(self.adapter)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            average_gradients(self.adapter)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
@@ -288,6 +290,21 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "step": self.step_count,
                 "generator": self.generator.get_state(), "drops": list(self.drops.getstate()[1]),
                 "drops_version": self.drops.getstate()[0]}
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Under a multi-process launcher (torchrun / accelerate launch), average the adapter's gradients over
+    the processes: each computed them on its own samples. The adapter is a handful of tensors (the IP
+    layers are one), so this is a few all-reduce calls per step. Nothing happens in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def _pad_cat(contexts: list[Tensor]) -> Tensor:
