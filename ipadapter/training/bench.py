@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["BenchResult", "SavedBytes", "measure", "random_inputs", "trainer_step"]
+__all__ = ["BenchResult", "SavedBytes", "feature_shape", "measure", "random_inputs", "trainer_step"]
 
 
 @dataclass(frozen=True)
@@ -50,28 +50,24 @@ class SavedBytes:
             yield self
 
 
-def random_inputs(trainer, batch: int, resolution: int, seed: int = 0):
-    """(latents, features, context, y) of the shapes a real batch has, on the trainer's device."""
+def feature_shape(clip_vision, output: str) -> tuple[int, ...]:
+    """One sample's encoder output shape: [width] for image_embeds, [tokens, width] for hidden states."""
+    from ..encode import encoder_widths
+
+    widths = encoder_widths(clip_vision)
+    if output == "image_embeds":
+        return (widths[output],)
+    return ((widths["image_size"] // 14) ** 2 + 1, widths[output])
+
+
+def random_inputs(trainer, batch: int, resolution: int, features: tuple[int, ...], seed: int = 0):
+    """(latents, features, context, y) of the shapes a real batch has (``features``: one sample's shape)."""
     g = torch.Generator().manual_seed(seed)
     latent = resolution // 8
     x0 = torch.randn(batch, 4, latent, latent, generator=g)
-    cv = trainer.clip_vision
-    from ..encode import encoder_widths
-
-    widths = encoder_widths(cv)
-    width = widths[trainer.output]
-    if trainer.output == "image_embeds":
-        features = torch.randn(batch, width, generator=g)
-    else:
-        tokens = (widths["image_size"] // 14) ** 2 + 1
-        features = torch.randn(batch, tokens, width, generator=g)
-    context_dim = trainer.adapter.layers.weight.shape[1]
-    context = torch.randn(batch, 77, context_dim, generator=g)
-    y = None
-    if trainer.arch == "sdxl":
-        y = torch.randn(batch, trainer.model.model.adm_channels if hasattr(trainer.model.model, "adm_channels") else 2816,
-                        generator=g)
-    return x0, features, context, y
+    context = torch.randn(batch, 77, trainer.adapter.layers.weight.shape[1], generator=g)
+    y = torch.randn(batch, 2816, generator=g) if trainer.arch == "sdxl" else None  # SDXL: pooled 1280 + 6 x 256
+    return x0, torch.randn(batch, *features, generator=g), context, y
 
 
 def trainer_step(trainer, inputs) -> Callable[[], None]:
@@ -84,8 +80,7 @@ def trainer_step(trainer, inputs) -> Callable[[], None]:
     return step
 
 
-def measure(step: Callable[[], None], steps: int, device: torch.device, warmup: int = 2,
-            saved_bytes: Callable[[], int] | None = None) -> BenchResult:
+def measure(step: Callable[[], None], steps: int, device: torch.device, warmup: int = 2) -> BenchResult:
     """Median wall time of ``steps`` calls of ``step`` after ``warmup``; peak memory as described above."""
     for _ in range(warmup):
         step()
@@ -102,6 +97,8 @@ def measure(step: Callable[[], None], steps: int, device: torch.device, warmup: 
         times.append(time.perf_counter() - start)
     if cuda:
         peak, kind = torch.cuda.max_memory_allocated(device), "CUDA max allocated"
-    else:
-        peak, kind = (saved_bytes() if saved_bytes else 0), "saved for backward"
+    else:  # no allocator statistics on CPU: count what one step keeps for its backward pass
+        with SavedBytes().counting() as counter:
+            step()
+        peak, kind = counter.total, "saved for backward"
     return BenchResult(statistics.median(times), steps, peak, kind)

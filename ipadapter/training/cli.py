@@ -77,7 +77,7 @@ def load_models(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bench import measure, random_inputs, trainer_step
+    from .bench import feature_shape, measure, random_inputs, trainer_step
     from .data import load_dataset
     from .run import train
     from .trainer import TrainSettings, Trainer, new_adapter
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         adapter, output = new_adapter(model, clip_vision, args.family, seed=args.seed)
         trainer = Trainer(model, clip, vae, clip_vision, adapter, output, settings)
         with trainer.session():
-            result = measure(trainer_step(trainer, random_inputs(trainer, args.batch_size, args.resolution)),
-                             args.benchmark, trainer.device)
+            inputs = random_inputs(trainer, args.batch_size, args.resolution, feature_shape(clip_vision, output))
+            result = measure(trainer_step(trainer, inputs), args.benchmark, trainer.device)
         print(f"benchmark {args.family} at {args.resolution}px, batch {args.batch_size}: {result.describe()}")
         return 0
     if not args.dataset:
