@@ -67,7 +67,7 @@ class IPAdapterTrain(FromSpecs):
         ("batch_size", ("INT", {"default": 1, "min": 1, "max": 256, "tooltip": "Samples per step."})),
         ("learning_rate", ("FLOAT", {"default": Recipe.learning_rate, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                      "round": False, "tooltip": "AdamW learning rate (reference: 1e-4)."})),
-        ("seed", ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+        ("seed", ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                           "tooltip": "Decides order, drops, noise and timesteps."})),
         ("resolution", ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64,
                                 "tooltip": "Images are resized (short side) and center-cropped to this for the VAE "
