@@ -3,7 +3,6 @@ and it predicts its training sample's noise better than the untrained start did.
 from __future__ import annotations
 
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from ipadapter_next.ipadapter.adapter import load_adapter
 from ipadapter_next.ipadapter.files import read_checkpoint
 from ipadapter_next.ipadapter.training import run, save, trainer
 from ipadapter_next.node_defs.loaders import IPAdapterModelLoader
-from training_support import DETECTED, TINY_RESAMPLER, dataset, images, pipeline
+from training_support import DETECTED, TINY_RESAMPLER, dataset, ipadapter_dir, pipeline
 import parity_support as ps
 
 
@@ -26,10 +25,6 @@ import parity_support as ps
 def tiny_world(models_dir, torch_single_thread):
     with encoders.widths_registered(TINY_WIDTHS):
         yield
-
-
-def ipadapter_dir() -> Path:
-    return Path(folder_paths.get_folder_paths("ipadapter")[0])
 
 
 @pytest.fixture(scope="module", params=[("sd15", "basic"), ("sdxl", "plus")], ids=lambda p: "-".join(p))

@@ -11,24 +11,19 @@ from PIL import Image
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 
 from harness import executor, tiny_models
 from harness.widths import TINY_WIDTHS
 from ipadapter_next.ipadapter import encoders
 from ipadapter_next.ipadapter.training import data, run, save, trainer
 from ipadapter_next.node_defs.training import IPAdapterTrain
-from training_support import TINY_RESAMPLER, dataset, images, pipeline
+from training_support import TINY_RESAMPLER, dataset, images, ipadapter_dir, pipeline
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_world(models_dir, torch_single_thread):
     with encoders.widths_registered(TINY_WIDTHS):
         yield
-
-
-def ipadapter_dir() -> Path:
-    return Path(folder_paths.get_folder_paths("ipadapter")[0])
 
 
 def test_the_node_trains_and_its_adapter_is_applied_in_the_same_workflow(fixture_files):

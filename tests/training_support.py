@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
+import folder_paths
 import nodes
 
 from harness import tiny_models
@@ -49,3 +51,8 @@ def make_trainer(arch: str, family: str, steps: int = 20, lr: float = 3e-3, batc
     s = trainer.TrainSettings(steps=steps, batch_size=batch_size, learning_rate=lr, resolution=64,
                               cache_encodings=True, **settings)
     return trainer.Trainer(model, clip, vae, clip_vision, adapter, output, s)
+
+
+def ipadapter_dir() -> Path:
+    """Where IPAdapter Train saves: ComfyUI's first models/ipadapter folder."""
+    return Path(folder_paths.get_folder_paths("ipadapter")[0])

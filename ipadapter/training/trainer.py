@@ -25,7 +25,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..encode import encode_images, encoder_widths, negative_embeds
-from ..layers import ARCH_NAMES, model_arch
+from ..layers import model_arch
 from ..projection import build_projection
 from .adapter import FusedIPLayers, TrainableAdapter, text_kv_weights
 from .data import Dataset, batches
