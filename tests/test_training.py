@@ -104,3 +104,9 @@ def test_fine_tuning_starts_from_exactly_the_files_weights(fixture_files):
         for key, value in file[section].items():
             assert torch.equal(start[section][key], value.float()), key
     assert output == "image_embeds"
+
+
+def test_a_family_no_loader_knows_for_this_model_is_refused_before_training():
+    model, _, _, clip_vision = pipeline("sdxl")
+    with pytest.raises(ValueError, match="full-face adapter for SDXL"):
+        trainer.new_adapter(model, clip_vision, "full-face")

@@ -25,7 +25,10 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..encode import encode_images, encoder_widths, negative_embeds
-from ..layers import model_arch
+from ..detect import detect
+from ..encoders import known_widths
+from ..errors import CheckpointError
+from ..layers import ARCH_NAMES, model_arch
 from ..projection import build_projection
 from .adapter import FusedIPLayers, TrainableAdapter, text_kv_weights
 from .data import Dataset, batches
@@ -104,7 +107,24 @@ def new_adapter(model, clip_vision, family: str, resampler: ResamplerSize = Resa
         torch.manual_seed(seed)
         projection = new_projection(fam, arch, context, width, resampler)
     adapter = TrainableAdapter(projection, FusedIPLayers.from_pairs(pairs))
+    check_loadable(adapter, family, arch)
     return adapter, fam.encoder_output
+
+
+def check_loadable(adapter: TrainableAdapter, family: str, arch: str) -> None:
+    """Refuse, before any training, a layout no loader would recognise (e.g. full-face on SDXL, which no
+    released family has): detection runs on the shapes the file will have."""
+    shapes = {"image_proj": {k: torch.empty(v.shape, device="meta") for k, v in adapter.image_proj.state_dict().items()},
+              "ip_adapter": {}}
+    for i, n in enumerate(adapter.layers.order):
+        rows = adapter.layers.sizes[2 * i]
+        for name in ("to_k_ip", "to_v_ip"):
+            shapes["ip_adapter"][f"{n}.{name}.weight"] = torch.empty(rows, adapter.layers.weight.shape[1], device="meta")
+    try:
+        detect(shapes, source=f"the {family} adapter to train", widths=known_widths())
+    except CheckpointError as exc:
+        raise ValueError(f"IPAdapter Train: a {family} adapter for {ARCH_NAMES[arch]} with this CLIP vision encoder "
+                         f"is not a layout IP-Adapter loaders know ({exc}); choose another family or encoder.") from None
 
 
 _TRAINABLE_PROJECTIONS = {"image_proj", "resampler", "mlp"}
