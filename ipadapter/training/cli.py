@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-import torch
 
 __all__ = ["build_parser", "main"]
 
@@ -47,20 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when a launcher started several processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
 def load_models(args):
     """MODEL, CLIP, VAE, CLIP_VISION through ComfyUI's loaders."""
     import comfy.clip_vision
@@ -79,12 +63,13 @@ def load_models(args):
 def main(argv: list[str] | None = None) -> int:
     from .bench import feature_shape, measure, random_inputs, trainer_step
     from .data import load_dataset
+    from .distributed import join_process_group
     from .run import train
     from .trainer import TrainSettings, Trainer, new_adapter
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rank, world = _distributed()
+    rank, world = join_process_group()
     model, clip, vae, clip_vision = load_models(args)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                              weight_decay=args.weight_decay, seed=args.seed + rank, resolution=args.resolution)

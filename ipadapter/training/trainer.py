@@ -32,6 +32,7 @@ from ..layers import ARCH_NAMES, model_arch
 from ..projection import build_projection
 from .adapter import FusedIPLayers, TrainableAdapter, text_kv_weights
 from .data import Dataset, batches
+from .distributed import average_gradients
 from .objective import noise_batch, target_for
 from .patch import StepTokens, patch_for_training, sdpa_override
 from .recipe import Recipe, ResamplerSize, new_projection, train_family
@@ -310,21 +311,6 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "step": self.step_count,
                 "generator": self.generator.get_state(), "drops": list(self.drops.getstate()[1]),
                 "drops_version": self.drops.getstate()[0]}
-
-
-def average_gradients(module: nn.Module) -> None:
-    """Under a multi-process launcher (torchrun / accelerate launch), average the adapter's gradients over
-    the processes: each computed them on its own samples. The adapter is a handful of tensors (the IP
-    layers are one), so this is a few all-reduce calls per step. Nothing happens in a single process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world = dist.get_world_size()
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
 
 
 def _pad_cat(contexts: list[Tensor]) -> Tensor:
