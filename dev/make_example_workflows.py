@@ -328,6 +328,27 @@ def faceid() -> Workflow:
     return g.wf
 
 
+def train() -> Workflow:
+    g = Graph("Trains a small IP-Adapter Plus in the graph (IPAdapter Train: two captioned images, the reference "
+              "recipe, saved to models/ipadapter/ipadapter_trained_example.safetensors) and applies it at once "
+              "with IPAdapter Advanced; the loss curve shows in the preview. One caption per line, in image "
+              f"order. Put {REFERENCE} and {REFERENCE_2} in ComfyUI's input folder (or use your own images; "
+              "a real adapter needs thousands of images and steps: see README, Training).")
+    clip_vision = g.node("CLIPVisionLoader", clip_name=VIT_H)
+    reference = g.image()
+    images = g.node("ImageBatch", image1=reference.out("IMAGE"), image2=g.image(REFERENCE_2).out("IMAGE"))
+    trained = g.node("IPAdapterTrain", model=g.ckpt.out("MODEL"), clip=g.ckpt.out("CLIP"), vae=g.ckpt.out("VAE"),
+                     clip_vision=clip_vision.out(), images=images.out(),
+                     captions="a portrait photo, best quality\na portrait photo, soft light", family="plus",
+                     steps=300, batch_size=2, learning_rate=1e-4, seed=0, resolution=512,
+                     output_name="ipadapter_trained_example", dataset_path="")
+    model = g.node("IPAdapterAdvanced", model=g.ckpt.out("MODEL"), ipadapter=trained.out("ipadapter"),
+                   image=reference.out("IMAGE"), clip_vision=clip_vision.out(), **common())
+    g.render(model.out(), "ipadapter_train")
+    g.node("PreviewImage", images=trained.out("loss_curve"))
+    return g.wf
+
+
 WORKFLOWS = {
     "ipadapter_simple": simple,
     "ipadapter_advanced": advanced,
@@ -343,6 +364,7 @@ WORKFLOWS = {
     "ipadapter_embeds_save": embeds_save,
     "ipadapter_embeds_load": embeds_load,
     "ipadapter_faceid": faceid,
+    "ipadapter_train": train,
 }
 
 
@@ -356,7 +378,14 @@ def boot_comfyui() -> None:
     from harness import runtime
 
     runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-workflows-")))
-    runtime.init_nodes(load_pack=False)
+    runtime.init_nodes(load_pack=True)  # nodes newer than the old extension's table are read from the pack
+
+
+def pack_nodes() -> set[str]:
+    """Node keys this pack registers (its new nodes are not ComfyUI core nodes to pin)."""
+    from harness import runtime
+
+    return set(runtime.load_this_pack().NODE_CLASS_MAPPINGS)
 
 
 def main() -> int:
@@ -371,7 +400,8 @@ def main() -> int:
         from harness import core_nodes, workflow_builder
 
         used = {node["type"] for path in OUT_DIR.glob("*.json") for node in json.loads(path.read_text())["nodes"]}
-        print(f"wrote {core_nodes.write_pinned(sorted(used - set(workflow_builder.interface_nodes()))).relative_to(REPO)}")
+        core = used - set(workflow_builder.interface_nodes()) - pack_nodes()
+        print(f"wrote {core_nodes.write_pinned(sorted(core)).relative_to(REPO)}")
         core_nodes.pinned.cache_clear()
     stale = []
     for name, text in build_all().items():

@@ -53,6 +53,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "PrepImageForClipVision": "Prep Image For ClipVision",
     "IPAdapterNoise": "IPAdapter Noise",
     "IPAdapterCombineWeights": "IPAdapter Combine Weights",
+    # node_defs/training.py
+    "IPAdapterTrain": "IPAdapter Train",
 }
 
 

@@ -92,4 +92,6 @@ def use_tiny_models(prompt: dict, checkpoint_name: str | None = None, size: int 
             inputs.update(width=size, height=size)
         elif node["class_type"] in ("KSampler", "KSamplerAdvanced") and isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], steps)
+        elif node["class_type"] == "IPAdapterTrain":  # a few training steps at the tiny size
+            inputs.update(steps=min(inputs["steps"], steps), resolution=size)
     return prompt

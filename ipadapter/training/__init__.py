@@ -1,0 +1,1 @@
+"""Training IP-Adapters on the pack's own engine (see README, Training)."""
