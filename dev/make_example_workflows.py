@@ -223,6 +223,27 @@ def layer_weights() -> Workflow:
     return g.wf
 
 
+def layer_sweep() -> Workflow:
+    g = Graph("Which layers carry what: IPAdapter Layer Sweep gives a list of models (the adapter on one layer "
+              "only, for every layer, plus no adapter and all layers as references), so the one KSampler renders "
+              "each; IPAdapter Sweep Grid lays the pictures out with their labels. Copy a label's layers into "
+              "IPAdapter Layer Weights or Mad Scientist's layer_weights (0-5 input, 6 middle, 7-15 output). "
+              "This renders 18 pictures: try 'input / middle / output' grouping first for a quick look. "
+              f"Put {REFERENCE} in ComfyUI's input folder.")
+    ipadapter, clip_vision = loaders(g)
+    swept = g.node("IPAdapterLayerSweep", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
+                   image=g.image().out("IMAGE"), weight=1.0, grouping="each layer", mode="only this group",
+                   combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only",
+                   clip_vision=clip_vision.out())
+    sampled = g.node("KSampler", model=swept.out("MODEL"), positive=g.positive.out(), negative=g.negative.out(),
+                     latent_image=g.latent.out(), seed=42, steps=20, cfg=6.5, sampler_name="dpmpp_2m",
+                     scheduler="karras", denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(), vae=g.ckpt.out("VAE"))
+    grid = g.node("IPAdapterSweepGrid", images=decoded.out(), labels=swept.out("labels"), columns=6, font_size=0)
+    g.node("SaveImage", images=grid.out(), filename_prefix="ipadapter_layer_sweep")
+    return g.wf
+
+
 def tiled() -> Workflow:
     g = Graph("A reference that is not square: IPAdapter Tiled cuts it into square tiles, encodes each and "
               "lets each act on its own part of the picture, so nothing is cropped away. The tiles it used "
@@ -337,6 +358,7 @@ WORKFLOWS = {
     "ipadapter_style_composition": style_composition,
     "ipadapter_precise_style_composition": precise_style_composition,
     "ipadapter_layer_weights": layer_weights,
+    "ipadapter_layer_sweep": layer_sweep,
     "ipadapter_tiled": tiled,
     "ipadapter_weights_batch": weights_batch,
     "ipadapter_regional_conditioning": regional_conditioning,
@@ -356,7 +378,7 @@ def boot_comfyui() -> None:
     from harness import runtime
 
     runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-workflows-")))
-    runtime.init_nodes(load_pack=False)
+    runtime.init_nodes(load_pack=True)  # the pack's nodes that the old extension lacks come from the pack
 
 
 def main() -> int:
@@ -368,10 +390,11 @@ def main() -> int:
     args = parser.parse_args()
     boot_comfyui()
     if args.pin_core_nodes:
-        from harness import core_nodes, workflow_builder
+        from harness import core_nodes, runtime, workflow_builder
 
         used = {node["type"] for path in OUT_DIR.glob("*.json") for node in json.loads(path.read_text())["nodes"]}
-        print(f"wrote {core_nodes.write_pinned(sorted(used - set(workflow_builder.interface_nodes()))).relative_to(REPO)}")
+        ours = set(workflow_builder.interface_nodes()) | set(runtime.load_this_pack().NODE_CLASS_MAPPINGS)
+        print(f"wrote {core_nodes.write_pinned(sorted(used - ours)).relative_to(REPO)}")
         core_nodes.pinned.cache_clear()
     stale = []
     for name, text in build_all().items():

@@ -53,6 +53,10 @@ DISPLAY_NAMES: dict[str, str] = {
     "PrepImageForClipVision": "Prep Image For ClipVision",
     "IPAdapterNoise": "IPAdapter Noise",
     "IPAdapterCombineWeights": "IPAdapter Combine Weights",
+    # node_defs/layer_tools.py
+    "IPAdapterLayerWeights": "IPAdapter Layer Weights",
+    "IPAdapterLayerSweep": "IPAdapter Layer Sweep",
+    "IPAdapterSweepGrid": "IPAdapter Sweep Grid",
 }
 
 

@@ -29,11 +29,12 @@ from PIL import Image
 import folder_paths
 import nodes
 
-from harness import executor, workflow
+from harness import executor, runtime, workflow
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDER = REPO / "example_workflows"
 FILES = sorted(p.name for p in FOLDER.glob("*.json"))
+PACK_NODES = __import__(runtime.PACK_NAME).NODE_CLASS_MAPPINGS
 
 
 def _load_generator():
@@ -53,6 +54,7 @@ class Expect:
     images: dict[str, int] = field(default_factory=dict)  # Save Image filename_prefix -> images saved
     previews: int = 0  # Preview Image nodes that show at least one image
     embeds: str | None = None  # filename prefix of the .ipadpt file written to output/
+    size: tuple[int, int] = (64, 64)  # of every saved image
 
 
 EXPECTED = {
@@ -65,6 +67,8 @@ EXPECTED = {
     "ipadapter_style_composition.json": Expect({"ipadapter_style_composition": 1}),
     "ipadapter_precise_style_composition.json": Expect({"ipadapter_precise_style_composition": 1}),
     "ipadapter_layer_weights.json": Expect({"ipadapter_layer_weights": 1}),
+    # One grid of the 18 renders: 6 columns x 3 rows of 64 px cells under 17 px labels, 4 px apart.
+    "ipadapter_layer_sweep.json": Expect({"ipadapter_layer_sweep": 1}, size=(6 * 64 + 5 * 4, 3 * (64 + 17) + 2 * 4)),
     "ipadapter_tiled.json": Expect({"ipadapter_tiled": 1}, previews=1),
     # 2 images x 3 frames each ("full batch"): total_frames = 6 sets the latent batch.
     "ipadapter_weights_batch.json": Expect({"ipadapter_weights_batch": 6}),
@@ -172,7 +176,8 @@ def test_the_running_comfyui_accepts_every_pinned_core_node():
 
     pinned = core_nodes.pinned()
     used = {node["type"] for name in FILES for node in workflow.load(FOLDER / name)["nodes"]}
-    assert used - set(GENERATOR.interface_nodes()) == set(pinned), "re-pin: dev/make_example_workflows.py --pin-core-nodes"
+    ours = set(GENERATOR.interface_nodes()) | set(PACK_NODES)
+    assert used - ours == set(pinned), "re-pin: dev/make_example_workflows.py --pin-core-nodes"
     problems = [p for kind, entry in pinned.items()
                 for p in core_nodes.incompatibilities(kind, entry, core_nodes.interface_entry(nodes.NODE_CLASS_MAPPINGS[kind]))]
     assert problems == []
@@ -338,7 +343,7 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
     for node_id, images in by_kind.get("SaveImage", []):
         for item in images:
             with Image.open(output_dir / item["subfolder"] / item["filename"]) as image:
-                assert image.size == (64, 64)
+                assert image.size == expect.size
                 pictures.setdefault(node_id, np.asarray(image.convert("RGB"), dtype=np.float32))
     for node_id, pixels in pictures.items():
         assert pixels.std() > 1, f"node {node_id} saved a constant image"
