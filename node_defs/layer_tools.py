@@ -3,12 +3,10 @@ nodes). ipadapter/dev: IPAdapter Layer Sweep (a list of models, one layer group 
 them all) and IPAdapter Sweep Grid (their images as one labelled grid)."""
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.utils
-
 from ..ipadapter.apply import apply_adapter, encode_for
 from ..ipadapter.grid import labelled_grid
 from ..ipadapter.layers import ARCH_NAMES, ARCHITECTURES
+from ..ipadapter.progress import tracked
 from ..ipadapter.sweep import GROUPINGS, MODES, sweep_entries
 from ..ipadapter.unified import adapter_and_encoder
 from ..ipadapter.weights import parse_layer_weights
@@ -61,12 +59,9 @@ class IPAdapterLayerSweep(FromSpecs):
               embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None, negative_mode="black image"):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         entries = sweep_entries(adapter.spec.arch, grouping, mode)
-        progress = comfy.utils.ProgressBar(len(entries) + 1)
         embeds = encode_for(adapter, clip_vision, image, image_negative, negative_mode=negative_mode)
-        progress.update(1)
         models = []
-        for entry in entries:
-            comfy.model_management.throw_exception_if_processing_interrupted()
+        for entry in tracked(entries):
             if entry.layers:
                 models.append(apply_adapter(
                     model, adapter, embeds, weight=weight, layer_weights={t: 1.0 for t in entry.layers},
@@ -74,7 +69,6 @@ class IPAdapterLayerSweep(FromSpecs):
                     attn_mask=attn_mask))
             else:
                 models.append(model)
-            progress.update(1)
         return models, [e.label for e in entries], [e.layer_weights() for e in entries]
 
 
