@@ -6,9 +6,11 @@ saved workflows load unchanged; inputs added here come last and are optional.
 from __future__ import annotations
 
 from .ipadapter.paths import register_model_folders
+from .node_defs.example_inputs import install_example_inputs
 from .node_defs import apply, embeds, faceid, layer_tools, loaders, utils, weights_params
 
 register_model_folders()
+install_example_inputs()
 
 _MODULES = (apply, embeds, weights_params, loaders, faceid, utils, layer_tools)
 NODE_CLASS_MAPPINGS: dict[str, type] = {key: cls for m in _MODULES for key, (cls, _) in m.NODES.items()}

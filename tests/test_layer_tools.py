@@ -33,7 +33,8 @@ def reference_image(models_dir, torch_single_thread):
 def base_graph(prefix: str) -> dict:
     """Plain SD1.5 workflow plus the adapter's loaders and the reference image (nodes 10-12)."""
     prompt = executor.workflow_plain_sd15(seed=5, steps=3, filename_prefix=prefix)
-    prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip-adapter-plus_sd15.safetensors"}}
+    prompt["10"] = {"class_type": "IPAdapterModelLoader",
+                    "inputs": {"ipadapter_file": "ip-adapter-plus_sd15.safetensors"}}
     prompt["11"] = {"class_type": "CLIPVisionLoader",
                     "inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}}
     prompt["12"] = {"class_type": "LoadImage", "inputs": {"image": REFERENCE}}
