@@ -2,7 +2,6 @@
 ComfyUI's input/ folder at pack load without ever replacing a file, and a thumbnail per template."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,19 +11,13 @@ from PIL import Image
 import folder_paths
 
 from ipadapter_next.node_defs.example_inputs import SOURCE, install_example_inputs
+from support import load_dev_script
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "example_workflows"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_example_assets", REPO / "dev" / "make_example_assets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ASSETS = _load_script()
+ASSETS = load_dev_script("make_example_assets")
 
 
 def test_every_image_a_workflow_loads_is_shipped_and_was_put_into_input_at_pack_load():

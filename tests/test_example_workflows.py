@@ -16,7 +16,6 @@ dev/make_example_workflows.py makes the files; a test checks they are what it ma
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import folder_paths
 import nodes
 
 from harness import executor, runtime, workflow
+from support import load_dev_script
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDER = REPO / "example_workflows"
@@ -37,14 +37,7 @@ FILES = sorted(p.name for p in FOLDER.glob("*.json"))
 PACK_NODES = __import__(runtime.PACK_NAME).NODE_CLASS_MAPPINGS
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "dev" / "make_example_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _load_generator()
+GENERATOR = load_dev_script("make_example_workflows")
 
 
 @dataclass(frozen=True)
