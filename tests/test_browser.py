@@ -1,0 +1,171 @@
+"""The pack in ComfyUI's real frontend, in headless Chromium: ComfyUI's server (main.py, loopback) with this pack
+and the runtime's own frontend package (1.32.9 on ComfyUI 0.3.75, 1.49.6 on 0.33.0), driven through Playwright
+(harness.browser; Debian's chromium, installed by `make setup`).
+
+What a new user does: open every example workflow (Workflow > Open: the frontend's file input), find them in the
+templates dialog, run one, and tune layer weights in the editor. One server and one browser for the module
+(about 10 s to start); the whole module takes about a minute on two CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nodes
+
+from harness import browser, server, workflow
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDER = REPO / "example_workflows"
+FILES = sorted(p.name for p in FOLDER.glob("*.json"))
+EDITOR_BUTTON = "edit layer weights"
+# The pack's own problems: a console error naming the pack, its extension, or a widget value. (The frontend's
+# look-ups of node names in the comfy.org registry also name our nodes: offline, they are refused, not ours.)
+OURS = ("ipadapter", "layer_weights", "widget")
+OFFLINE = "api.comfy.org"
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, models_dir):
+    base = server.prepare_server_base(tmp_path_factory.mktemp("browser-base"))
+    srv = server.ComfyServer.start(base, timeout=120)
+    try:
+        with browser.Browser() as chromium:
+            yield srv, chromium
+    finally:
+        srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    srv, chromium = comfy
+    return chromium.open(srv)
+
+
+def our_errors(page, since: int = 0) -> list[str]:
+    return [e for e in page.errors(since) if any(word in e.lower() for word in OURS) and OFFLINE not in e]
+
+
+def shrink(page) -> None:
+    """What harness.workflow.use_tiny_models does to a prompt, done to the graph's widgets in the page."""
+    page.js("""(app, tiny) => {
+      for (const node of app.graph.nodes) {
+        const w = (name) => node.widgets?.find((x) => x.name === name);
+        if (node.type === 'CheckpointLoaderSimple') w('ckpt_name').value = tiny[w('ckpt_name').value];
+        if (node.type === 'EmptyLatentImage') { w('width').value = 64; w('height').value = 64; }
+        if (node.type === 'KSampler') w('steps').value = Math.min(w('steps').value, 4);
+      }
+    }""", workflow.TINY_CHECKPOINTS)
+
+
+def queue_and_wait(page, srv, timeout: float = 120.0) -> dict:
+    """Queue the graph as the Run button does (the frontend's Comfy.QueuePrompt command); the history entry."""
+    before = set(srv.get_json("/history"))
+    page.js("(app) => app.extensionManager.command.execute('Comfy.QueuePrompt')")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = {k: v for k, v in srv.get_json("/history").items() if k not in before}
+        for entry in new.values():
+            if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":
+                return entry
+        time.sleep(0.3)
+    raise TimeoutError(f"no finished prompt within {timeout:.0f} s:\n{srv.log_tail()}")
+
+
+def save_node(wf: dict) -> str:
+    return next(str(n["id"]) for n in wf["nodes"] if n["type"] == "SaveImage")
+
+
+def saved_pixels(srv, entry: dict, node_id: str) -> np.ndarray:
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (image,) = entry["outputs"][node_id]["images"]
+    return np.asarray(Image.open(srv.base / "output" / image["subfolder"] / image["filename"]).convert("RGB"))
+
+
+def headless_pixels(srv, wf: dict, node_id: str, change=None) -> np.ndarray:
+    """The same workflow sent as an API prompt (no browser): what a script or `comfy run` gets."""
+    prompt = workflow.use_tiny_models(workflow.to_api(wf, nodes.NODE_CLASS_MAPPINGS))
+    if change:
+        change(prompt)
+    return saved_pixels(srv, srv.run_prompt(prompt, timeout=120), node_id)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_example_loads_through_the_frontend_and_saves_back_unchanged(page, name):
+    saved = json.loads((FOLDER / name).read_text())
+    before = len(page.console)
+    page.load_workflow(FOLDER / name)
+    assert "missing" not in page.visible_dialog_text().lower()
+    loaded = page.js("(app) => app.graph.serialize()")
+    types = page.js("(app) => Object.keys(LiteGraph.registered_node_types)")
+    assert {n["type"] for n in saved["nodes"]} <= set(types)  # every node known: nothing shows as missing
+    by_id = {n["id"]: n for n in loaded["nodes"]}
+    for node in saved["nodes"]:  # load-then-save gives the file's widget values, node by node
+        assert by_id[node["id"]]["type"] == node["type"]
+        assert by_id[node["id"]]["widgets_values"] == node["widgets_values"], f"node {node['id']} ({node['type']})"
+    widgets = page.js("(app) => Object.fromEntries(app.graph.nodes.filter((n) => n.type.startsWith('IPA'))"
+                      ".map((n) => [n.id, (n.widgets ?? []).map((w) => w.name)]))")
+    for node in saved["nodes"]:
+        if node["type"].startswith("IPA"):
+            assert len(widgets[str(node["id"])]) >= len(node["widgets_values"])
+    assert our_errors(page, before) == []
+
+
+def test_the_templates_dialog_lists_every_example_under_the_pack(page):
+    page.js("(app) => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.page.get_by_text("ipadapter_next", exact=True).first.click()
+    page.page.get_by_text("ipadapter_simple", exact=True).first.wait_for(timeout=15000)
+    shown = page.visible_dialog_text()
+    for name in FILES:
+        assert Path(name).stem in shown
+    # The cards' thumbnails: the shipped <name>.jpg files, fetched and drawn (400 px wide, as made).
+    page.page.wait_for_function("() => [...document.querySelectorAll('img')].some((i) => i.naturalWidth === 400)",
+                                timeout=15000)
+    fetched = {(status, Path(url).name) for status, url in page.responses if "/workflow_templates/ipadapter_next/" in url}
+    assert fetched and {status for status, _ in fetched} == {200}
+    assert {name for _, name in fetched} <= {Path(f).with_suffix(".jpg").name for f in FILES}
+    page.page.keyboard.press("Escape")
+
+
+def test_a_workflow_run_from_the_page_gives_the_headless_image(page, comfy):
+    srv, _ = comfy
+    wf = json.loads((FOLDER / "ipadapter_simple.json").read_text())
+    page.load_workflow(FOLDER / "ipadapter_simple.json")
+    shrink(page)
+    entry = queue_and_wait(page, srv)
+    pixels = saved_pixels(srv, entry, save_node(wf))
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 1
+    assert np.array_equal(pixels, headless_pixels(srv, wf, save_node(wf)))
+
+
+def test_layer_weights_editor_writes_the_text_that_runs_like_typed_text(page, comfy):
+    srv, _ = comfy
+    wf = json.loads((FOLDER / "ipadapter_layer_weights.json").read_text())
+    page.load_workflow(FOLDER / "ipadapter_layer_weights.json")
+    shrink(page)
+    ms = next(n["id"] for n in wf["nodes"] if n["type"] == "IPAdapterMS")
+    page.js("(app, id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'edit layer weights')"
+            ".callback()", ms)
+    dialog = page.page.locator(".ipa-lw-dialog")
+    dialog.wait_for(timeout=10000)
+    assert dialog.locator(".ipa-lw-block").count() == 16  # SD1.5 (read from the checkpoint name): 16 layers
+    assert dialog.locator("button[data-arch=sd15].on").count() == 1
+    dialog.locator("input[type=range][data-key='6']").fill("0.75")  # the middle block, off in the file
+    text = page.js("(app, id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'layer_weights')"
+                   ".value", ms)
+    assert text == "4:0.25, 5:1, 6:0.75, 9:0.5, 10:0.5, 11:0.5"
+    dialog.locator(".ipa-lw-close").click()
+    entry = queue_and_wait(page, srv)
+    from_editor = saved_pixels(srv, entry, save_node(wf))
+
+    def typed(prompt):
+        prompt[str(ms)]["inputs"]["layer_weights"] = "4:0.25, 5:1.0, 6:0.75, 9:0.5, 10:0.5, 11:0.5"
+
+    assert np.array_equal(from_editor, headless_pixels(srv, wf, save_node(wf), typed))
+    assert not np.array_equal(from_editor, headless_pixels(srv, wf, save_node(wf)))  # the slider did change the picture
+    assert our_errors(page) == []
