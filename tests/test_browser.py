@@ -106,8 +106,10 @@ def test_every_example_loads_through_the_frontend_and_saves_back_unchanged(page,
     assert {n["type"] for n in saved["nodes"]} <= set(types)  # every node known: nothing shows as missing
     by_id = {n["id"]: n for n in loaded["nodes"]}
     for node in saved["nodes"]:  # load-then-save gives the file's widget values, node by node
-        assert by_id[node["id"]]["type"] == node["type"]
-        assert by_id[node["id"]]["widgets_values"] == node["widgets_values"], f"node {node['id']} ({node['type']})"
+        again = by_id[node["id"]]
+        assert again["type"] == node["type"]
+        # (1.49.6 leaves out an empty list, 1.32.9 writes it)
+        assert again.get("widgets_values", []) == node["widgets_values"], f"node {node['id']} ({node['type']})"
     widgets = page.js("(app) => Object.fromEntries(app.graph.nodes.filter((n) => n.type.startsWith('IPA'))"
                       ".map((n) => [n.id, (n.widgets ?? []).map((w) => w.name)]))")
     for node in saved["nodes"]:
@@ -120,7 +122,7 @@ def test_the_templates_dialog_lists_every_example_under_the_pack(page):
     page.js("(app) => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.page.get_by_text("ipadapter_next", exact=True).first.click()
     page.page.get_by_text("ipadapter_simple", exact=True).first.wait_for(timeout=15000)
-    shown = page.visible_dialog_text()
+    shown = page.page.inner_text("body")
     for name in FILES:
         assert Path(name).stem in shown
     # The cards' thumbnails: the shipped <name>.jpg files, fetched and drawn (400 px wide, as made).
