@@ -171,3 +171,44 @@ def test_layer_weights_editor_writes_the_text_that_runs_like_typed_text(page, co
     assert np.array_equal(from_editor, headless_pixels(srv, wf, save_node(wf), typed))
     assert not np.array_equal(from_editor, headless_pixels(srv, wf, save_node(wf)))  # the slider did change the picture
     assert our_errors(page) == []
+
+
+TEXTS = {
+    "sd15": ["3:1, 6:0.5", "input_7:1\nmiddle:0.3, output_3:2", "0:0", "15:-0.5,"],
+    "sdxl": ["6.2:0.5, output_1.3:0.25", "3:1, 3.1:0", "input_8:1, 6:0.8, 6.0:0", "10:1"],
+}
+
+
+def per_block(arch: str, text: str) -> dict[str, list[float]]:
+    """The Python parser's reading of ``text``: {transformer index: [weight of each block]}."""
+    from ipadapter_next.ipadapter.layers import layer_map
+    from ipadapter_next.ipadapter.weights import parse_layer_weights, resolve_layer_weights
+
+    weights = resolve_layer_weights(arch, layer_weights=parse_layer_weights(text, arch))
+    out: dict[str, list[float]] = {}
+    for site in layer_map(arch):
+        layer = weights.get(site.key)
+        out.setdefault(str(site.transformer_index), []).append(float(layer.weight) if layer else 0.0)
+    return out
+
+
+def test_the_editor_reads_and_writes_text_as_the_node_parses_it(page):
+    """The editor's parser and writer (web/layer_weights.js, loaded as the frontend loaded it) against the
+    node's own parser, on both UNets, SDXL single blocks included."""
+    result = page.js("""async (app, texts) => {
+      const m = await import('/extensions/ipadapter_next/layer_weights.js');
+      const table = await (await fetch('/extensions/ipadapter_next/layer_table.json')).json();
+      const out = {};
+      for (const [arch, list] of Object.entries(texts)) {
+        out[arch] = list.map((t) => { const v = m.parseLayerWeights(t, table[arch]);
+                                      return [v, m.formatLayerWeights(v, table[arch])]; });
+      }
+      out.errors = ['3:x', '40:1', 'output_0:1', '3'].map((t) => {
+        try { m.parseLayerWeights(t, table.sd15); return null; } catch (e) { return e.message; } });
+      return out;
+    }""", TEXTS)
+    for arch, texts in TEXTS.items():
+        for text, (values, written) in zip(texts, result[arch]):
+            assert values == per_block(arch, text), (arch, text)
+            assert per_block(arch, written) == per_block(arch, text), (arch, text, written)
+    assert all(result["errors"]), result["errors"]
