@@ -9,7 +9,6 @@ templates dialog, run one, and tune layer weights in the editor. One server and 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,32 +48,6 @@ def page(comfy):
 
 def our_errors(page, since: int = 0) -> list[str]:
     return [e for e in page.errors(since) if any(word in e.lower() for word in OURS) and OFFLINE not in e]
-
-
-def shrink(page) -> None:
-    """What harness.workflow.use_tiny_models does to a prompt, done to the graph's widgets in the page."""
-    page.js("""(app, tiny) => {
-      for (const node of app.graph.nodes) {
-        const w = (name) => node.widgets?.find((x) => x.name === name);
-        if (node.type === 'CheckpointLoaderSimple') w('ckpt_name').value = tiny[w('ckpt_name').value];
-        if (node.type === 'EmptyLatentImage') { w('width').value = 64; w('height').value = 64; }
-        if (node.type === 'KSampler') w('steps').value = Math.min(w('steps').value, 4);
-      }
-    }""", workflow.TINY_CHECKPOINTS)
-
-
-def queue_and_wait(page, srv, timeout: float = 120.0) -> dict:
-    """Queue the graph as the Run button does (the frontend's Comfy.QueuePrompt command); the history entry."""
-    before = set(srv.get_json("/history"))
-    page.js("(app) => app.extensionManager.command.execute('Comfy.QueuePrompt')")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = {k: v for k, v in srv.get_json("/history").items() if k not in before}
-        for entry in new.values():
-            if entry.get("status", {}).get("completed") or entry.get("status", {}).get("status_str") == "error":
-                return entry
-        time.sleep(0.3)
-    raise TimeoutError(f"no finished prompt within {timeout:.0f} s:\n{srv.log_tail()}")
 
 
 def save_node(wf: dict) -> str:
@@ -138,8 +111,8 @@ def test_a_workflow_run_from_the_page_gives_the_headless_image(page, comfy):
     srv, _ = comfy
     wf = json.loads((FOLDER / "ipadapter_simple.json").read_text())
     page.load_workflow(FOLDER / "ipadapter_simple.json")
-    shrink(page)
-    entry = queue_and_wait(page, srv)
+    page.use_tiny_models()
+    entry = page.queue_and_wait()
     pixels = saved_pixels(srv, entry, save_node(wf))
     assert pixels.shape == (64, 64, 3) and pixels.std() > 1
     assert np.array_equal(pixels, headless_pixels(srv, wf, save_node(wf)))
@@ -149,7 +122,7 @@ def test_layer_weights_editor_writes_the_text_that_runs_like_typed_text(page, co
     srv, _ = comfy
     wf = json.loads((FOLDER / "ipadapter_layer_weights.json").read_text())
     page.load_workflow(FOLDER / "ipadapter_layer_weights.json")
-    shrink(page)
+    page.use_tiny_models()
     ms = next(n["id"] for n in wf["nodes"] if n["type"] == "IPAdapterMS")
     page.js("(app, id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'edit layer weights')"
             ".callback()", ms)
@@ -162,7 +135,7 @@ def test_layer_weights_editor_writes_the_text_that_runs_like_typed_text(page, co
                    ".value", ms)
     assert text == "4:0.25, 5:1, 6:0.75, 9:0.5, 10:0.5, 11:0.5"
     dialog.locator(".ipa-lw-close").click()
-    entry = queue_and_wait(page, srv)
+    entry = page.queue_and_wait()
     from_editor = saved_pixels(srv, entry, save_node(wf))
 
     def typed(prompt):

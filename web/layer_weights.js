@@ -147,6 +147,7 @@ async function openEditor(node) {
     widget.value = text;
     widget.callback?.(text, app.canvas, node);
     textView.value = text;
+    note.textContent = "";
     node.setDirtyCanvas?.(true, true);
   };
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,32 @@ class Page:
         self.page.set_input_files("#comfy-file-input", str(path))
         self.page.wait_for_function(f"() => !{APP}.graph.extra?.harness_loading && {APP}.graph.nodes.length > 0",
                                     timeout=60000)
+
+    def use_tiny_models(self, size: int = 64, steps: int = 4) -> None:
+        """What ``harness.workflow.use_tiny_models`` does to a prompt, done to the graph's widgets here."""
+        from harness.workflow import TINY_CHECKPOINTS
+
+        self.js("""(app, [tiny, size, steps]) => {
+          for (const node of app.graph.nodes) {
+            const w = (name) => node.widgets?.find((x) => x.name === name);
+            if (node.type === 'CheckpointLoaderSimple') w('ckpt_name').value = tiny[w('ckpt_name').value];
+            if (node.type === 'EmptyLatentImage') { w('width').value = size; w('height').value = size; }
+            if (node.type === 'KSampler') w('steps').value = Math.min(w('steps').value, steps);
+          }
+        }""", [TINY_CHECKPOINTS, size, steps])
+
+    def queue_and_wait(self, timeout: float = 120.0) -> dict:
+        """Queue the graph as the Run button does (the Comfy.QueuePrompt command); its finished history entry."""
+        before = set(self.server.get_json("/history"))
+        self.js("(app) => app.extensionManager.command.execute('Comfy.QueuePrompt')")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for key, entry in self.server.get_json("/history").items():
+                status = entry.get("status", {})
+                if key not in before and (status.get("completed") or status.get("status_str") == "error"):
+                    return entry
+            time.sleep(0.3)
+        raise TimeoutError(f"no finished prompt within {timeout:.0f} s:\n{self.server.log_tail()}")
 
     def visible_dialog_text(self) -> str:
         return self.page.evaluate("() => [...document.querySelectorAll('[role=dialog], .p-dialog')]"
