@@ -185,3 +185,23 @@ def test_the_editor_reads_and_writes_text_as_the_node_parses_it(page):
             assert values == per_block(arch, text), (arch, text)
             assert per_block(arch, written) == per_block(arch, text), (arch, text, written)
     assert all(result["errors"]), result["errors"]
+
+
+def test_the_editor_in_the_vue_node_mode_opens_from_its_button_and_updates_the_text_field(comfy):
+    """Nodes 2.0 (the frontend's Vue node rendering, setting Comfy.VueNodes.Enabled): the widgets are DOM
+    there, so the button is clicked as a user clicks it and the text field shows what the editor wrote."""
+    srv, chromium = comfy
+    page = chromium.open(srv, settings={"Comfy.VueNodes.Enabled": True})
+    try:
+        page.load_workflow(FOLDER / "ipadapter_layer_weights.json")
+        page.page.get_by_role("button", name=EDITOR_BUTTON).first.click()
+        dialog = page.page.locator(".ipa-lw-dialog")
+        dialog.locator("input[type=range][data-key='6']").fill("0.75")
+        dialog.locator(".ipa-lw-close").click()
+        expected = "4:0.25, 5:1, 6:0.75, 9:0.5, 10:0.5, 11:0.5"
+        fields = page.page.evaluate("() => [...document.querySelectorAll('textarea')].map((a) => a.value)")
+        assert fields.count(expected) == 1  # the node's own text field, drawn by the frontend
+        assert our_errors(page) == []
+    finally:
+        browser.write_settings(srv.url, {"Comfy.VueNodes.Enabled": False})
+        page.page.context.close()

@@ -120,8 +120,9 @@ class Browser:
             executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         return self
 
-    def open(self, server, ready_timeout_ms: int = 90000) -> Page:
-        write_settings(server.url)
+    def open(self, server, ready_timeout_ms: int = 90000, settings: dict | None = None) -> Page:
+        """A new tab on ``server`` with SETTINGS and ``settings`` written first (they stay on the server)."""
+        write_settings(server.url, {**SETTINGS, **(settings or {})})
         context = self._browser.new_context(viewport={"width": self.viewport[0], "height": self.viewport[1]})
         page = Page(context.new_page(), server)
         page.page.goto(server.url, wait_until="domcontentloaded", timeout=ready_timeout_ms)
