@@ -176,7 +176,7 @@ def test_the_editor_reads_and_writes_text_as_the_node_parses_it(page):
         out[arch] = list.map((t) => { const v = m.parseLayerWeights(t, table[arch]);
                                       return [v, m.formatLayerWeights(v, table[arch])]; });
       }
-      out.errors = ['3:x', '40:1', 'output_0:1', '3'].map((t) => {
+      out.errors = ['3:x', '40:1', 'output_0:1', '3', '3:1:2', '3:'].map((t) => {
         try { m.parseLayerWeights(t, table.sd15); return null; } catch (e) { return e.message; } });
       return out;
     }""", TEXTS)

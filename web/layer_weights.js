@@ -56,7 +56,9 @@ export function parseLayerWeights(text, arch) {
   for (const raw of text.split(/[,\n]/)) {
     const entry = raw.trim();
     if (!entry) continue;
-    const [keyText, valueText] = entry.split(":").map((s) => s?.trim());
+    const colon = entry.indexOf(":"); // the key is before the first colon, as the node reads it
+    const keyText = colon < 0 ? entry : entry.slice(0, colon).trim();
+    const valueText = colon < 0 ? undefined : entry.slice(colon + 1).trim();
     const value = Number(valueText);
     const m = KEY.exec(keyText ?? "");
     if (valueText === undefined || valueText === "" || Number.isNaN(value) || !m) {
