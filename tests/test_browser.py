@@ -4,7 +4,7 @@ and the runtime's own frontend package (1.32.9 on ComfyUI 0.3.75, 1.49.6 on 0.33
 
 What a new user does: open every example workflow (Workflow > Open: the frontend's file input), find them in the
 templates dialog, run one, and tune layer weights in the editor. One server and one browser for the module
-(about 10 s to start); the whole module takes about a minute on two CPU cores.
+(about 10 s to start); the module takes 25-60 s on two shared CPU cores (README, Tests).
 """
 from __future__ import annotations
 
