@@ -101,7 +101,8 @@ def test_the_templates_dialog_lists_every_example_under_the_pack(page):
     # The cards' thumbnails: the shipped <name>.jpg files, fetched and drawn (400 px wide, as made).
     page.page.wait_for_function("() => [...document.querySelectorAll('img')].some((i) => i.naturalWidth === 400)",
                                 timeout=15000)
-    fetched = {(status, Path(url).name) for status, url in page.responses if "/workflow_templates/ipadapter_next/" in url}
+    fetched = {(status, Path(url).name) for status, url in page.responses
+               if "/workflow_templates/ipadapter_next/" in url}
     assert fetched and {status for status, _ in fetched} == {200}
     assert {name for _, name in fetched} <= {Path(f).with_suffix(".jpg").name for f in FILES}
     page.page.keyboard.press("Escape")
