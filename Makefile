@@ -26,9 +26,16 @@ REQS := requirements/torch.txt $(COMFY_REQS) requirements/test.txt requirements/
 # The stamp changes whenever a pinned requirement changes, so an unchanged venv is reused as is.
 STAMP := $(VENV)/.stamp-$(shell cat $(REQS) 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-runtime demo benchmark clean
+.PHONY: setup test test-runtime demo benchmark screenshots chromium clean
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# The browser tests drive Debian's Chromium (through Playwright's Python package, from requirements/test.txt;
+# Playwright's own browser download is never used). Installed here when missing and run as root (CI).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "The browser tests need Chromium: run 'sudo apt-get install chromium' (or set CHROMIUM)." >&2; exit 1; fi; }
 
 $(STAMP): $(REQS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +64,10 @@ demo: setup
 
 benchmark: setup
 	$(PY) dev/benchmark.py
+
+# README's pictures of the layer weights editor and the layer sweep grid (docs/images/), made in the browser.
+screenshots: setup
+	$(PY) dev/make_screenshots.py
 
 clean:
 	rm -rf .venv .venv-comfyui-* .cache demo_output

@@ -6,7 +6,8 @@ The JSON files are committed; this script documents how they were made and remak
 
 ``--check`` writes nothing and exits 1 when a committed file differs from what the script makes.
 Models are referenced by their canonical download names; reference images by the names below, which
-the user puts in ComfyUI's input/ folder (or replaces in the Load Image nodes). Widget values follow
+the pack copies into ComfyUI's input/ folder when it loads (example_workflows/input/, drawn by
+dev/make_example_assets.py; never over a user's file), so a template runs with one click of Run. Widget values follow
 the old ComfyUI_IPAdapter_plus interface (harness.workflow_builder), so the files load in both packs.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ REFERENCE = "ipadapter_reference.png"  # the main reference image
 REFERENCE_2 = "ipadapter_reference_2.png"  # a second one, where a workflow mixes two
 FACE = "ipadapter_face.png"  # a portrait for FaceID
 SAVED_EMBEDS = "ipadapter_reference.ipadpt"  # what ipadapter_embeds_save.json writes, moved to input/
+OWN_IMAGES = ("The reference images are the pack's own drawings, put in ComfyUI's input folder: pick yours in "
+              "Load Image.")
 NEGATIVE_TEXT = "blurry, lowres, watermark"
 SIZE = {SD15: 512, SDXL: 1024}
 
@@ -82,8 +85,8 @@ def loaders(g: Graph, ipadapter_file: str = PLUS_SD15) -> tuple[Node, Node]:
 # --------------------------------------------------------------------------------------------------
 def simple() -> Workflow:
     # Node ids are relied on by tests/test_nodes.py and dev/demo.py: 4 Load Image, 6 the adapter, 12 Save Image.
-    wf = Workflow("Basic image prompt: an SD1.5 checkpoint, IP-Adapter Plus and the CLIP ViT-H encoder. "
-                  f"Put {REFERENCE} in ComfyUI's input folder (or pick any image).")
+    wf = Workflow("Basic image prompt: an SD1.5 checkpoint, IP-Adapter Plus and the CLIP ViT-H encoder. " +
+                  OWN_IMAGES)
     ckpt = wf.node("CheckpointLoaderSimple", ckpt_name=SD15)
     ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=PLUS_SD15)
     clip_vision = wf.node("CLIPVisionLoader", clip_name=VIT_H)
@@ -107,8 +110,7 @@ def advanced() -> Workflow:
     g = Graph("The Unified Loader picks the adapter and its CLIP vision encoder from a preset (PLUS: "
               f"{PLUS_SD15} with {VIT_H}, found by their download names). IPAdapter Advanced mixes two "
               "reference images (combine_embeds: average), eases the weight in and out over the UNet's layers, "
-              "stops at 80% of the steps and scales keys and values (K+V). Put "
-              f"{REFERENCE} and {REFERENCE_2} in ComfyUI's input folder.")
+              "stops at 80% of the steps and scales keys and values (K+V). " + OWN_IMAGES)
     unified = g.node("IPAdapterUnifiedLoader", model=g.ckpt.out("MODEL"), preset="PLUS (high strength)")
     both = g.node("ImageBatch", image1=g.image().out("IMAGE"), image2=g.image(REFERENCE_2).out("IMAGE"))
     model = g.node("IPAdapterAdvanced", model=unified.out("model"), ipadapter=unified.out("ipadapter"),
@@ -123,7 +125,7 @@ WEIGHT_TYPES = ("linear", "ease in-out", "style transfer", "composition")
 def weight_types() -> Workflow:
     g = Graph("One reference, four weight types side by side (same seed): linear (every layer alike), ease "
               "in-out (strongest in the middle layers), style transfer (style layers only) and composition "
-              f"(layout layers only). Put {REFERENCE} in ComfyUI's input folder.")
+              "(layout layers only). " + OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     image = g.image()
     for weight_type in WEIGHT_TYPES:
@@ -136,8 +138,7 @@ def weight_types() -> Workflow:
 def combine_embeds() -> Workflow:
     g = Graph("Two ways to mix two references. Top: IPAdapter Advanced with both images and combine_embeds = "
               "norm average. Bottom: one IPAdapter Encoder per image, each with its own weight (1.0 and 0.6), "
-              "merged by IPAdapter Combine Embeds (average) and applied with IPAdapter Embeds. Put "
-              f"{REFERENCE} and {REFERENCE_2} in ComfyUI's input folder.")
+              "merged by IPAdapter Combine Embeds (average) and applied with IPAdapter Embeds. " + OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     first, second = g.image(), g.image(REFERENCE_2)
     both = g.node("ImageBatch", image1=first.out("IMAGE"), image2=second.out("IMAGE"))
@@ -160,8 +161,8 @@ def combine_embeds() -> Workflow:
 def negative_noise() -> Workflow:
     g = Graph("The negative image is what the image prompt steers away from. Top: IPAdapter Noise (fade, "
               "strength 0.3, blur 5) made from the reference itself, which often cleans up artefacts the "
-              f"reference would carry over. Bottom: another picture ({REFERENCE_2}) as the negative. Put "
-              f"{REFERENCE} and {REFERENCE_2} in ComfyUI's input folder.")
+              f"reference would carry over. Bottom: another picture ({REFERENCE_2}) as the negative. " +
+              OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     image = g.image()
     noise = g.node("IPAdapterNoise", type="fade", strength=0.3, blur=5, image_optional=image.out("IMAGE"))
@@ -176,8 +177,8 @@ def negative_noise() -> Workflow:
 
 def style_composition() -> Workflow:
     g = Graph("Style from one image, composition from another (SDXL only): IPAdapter Style & Composition SDXL "
-              f"with {PLUS_SDXL} and the ViT-H encoder. Put {REFERENCE} (the style) and {REFERENCE_2} (the "
-              "composition) in ComfyUI's input folder.", checkpoint=SDXL, positive="a cat in a garden, best quality")
+              f"with {PLUS_SDXL} and the ViT-H encoder: {REFERENCE} gives the style, {REFERENCE_2} the "
+              "composition. " + OWN_IMAGES, checkpoint=SDXL, positive="a cat in a garden, best quality")
     ipadapter, clip_vision = loaders(g, PLUS_SDXL)
     model = g.node("IPAdapterStyleComposition", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
                    image_style=g.image().out("IMAGE"), image_composition=g.image(REFERENCE_2).out("IMAGE"),
@@ -212,8 +213,8 @@ LAYER_WEIGHTS = "0:0, 1:0, 2:0, 3:0, 4:0.25, 5:1.0, 6:0, 7:0, 8:0, 9:0.5, 10:0.5
 def layer_weights() -> Workflow:
     g = Graph("Per-layer weights with IPAdapter Mad Scientist: layer_weights lists 'index:weight' pairs "
               "(SD1.5: 0-5 input blocks, 6 middle, 7-15 output; SDXL: 0-10); layers not listed get 0 and "
-              "weight multiplies them all. This one keeps the layout layers (4, 5) and some of the output. "
-              f"Put {REFERENCE} in ComfyUI's input folder.")
+              "weight multiplies them all. This one keeps the layout layers (4, 5) and some of the output. " +
+              OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     model = g.node("IPAdapterMS", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
                    image=g.image().out("IMAGE"), weight=1.0, weight_faceidv2=1.0, weight_type="linear",
@@ -223,10 +224,31 @@ def layer_weights() -> Workflow:
     return g.wf
 
 
+def layer_sweep() -> Workflow:
+    g = Graph("Which layers carry what: IPAdapter Layer Sweep gives a list of models (the adapter on one layer "
+              "only, for every layer, plus no adapter and all layers as references), so the one KSampler renders "
+              "each; IPAdapter Sweep Grid lays the pictures out with their labels. Copy a label's layers into "
+              "IPAdapter Layer Weights or Mad Scientist's layer_weights (0-5 input, 6 middle, 7-15 output). "
+              "This renders 18 pictures: try 'input / middle / output' grouping first for a quick look. " +
+              OWN_IMAGES)
+    ipadapter, clip_vision = loaders(g)
+    swept = g.node("IPAdapterLayerSweep", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
+                   image=g.image().out("IMAGE"), weight=1.0, grouping="each layer", mode="only this group",
+                   combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only",
+                   clip_vision=clip_vision.out())
+    sampled = g.node("KSampler", model=swept.out("MODEL"), positive=g.positive.out(), negative=g.negative.out(),
+                     latent_image=g.latent.out(), seed=42, steps=20, cfg=6.5, sampler_name="dpmpp_2m",
+                     scheduler="karras", denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(), vae=g.ckpt.out("VAE"))
+    grid = g.node("IPAdapterSweepGrid", images=decoded.out(), labels=swept.out("labels"), columns=6, font_size=0)
+    g.node("SaveImage", images=grid.out(), filename_prefix="ipadapter_layer_sweep")
+    return g.wf
+
+
 def tiled() -> Workflow:
     g = Graph("A reference that is not square: IPAdapter Tiled cuts it into square tiles, encodes each and "
               "lets each act on its own part of the picture, so nothing is cropped away. The tiles it used "
-              f"are previewed. Put a wide or tall {REFERENCE} in ComfyUI's input folder.")
+              f"are previewed (the pack's {REFERENCE} is wide). " + OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     model = g.node("IPAdapterTiled", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
                    image=g.image().out("IMAGE"), weight=0.7, weight_type="ease in", combine_embeds="concat",
@@ -240,7 +262,7 @@ def weights_batch() -> Workflow:
     g = Graph("A batch whose frames fade from one reference to the other (the AnimateDiff pattern, here on "
               "plain images): IPAdapter Weights turns '1.0, 0.0' into a per-frame weight curve (3 frames per "
               "image, linear) and repeats the images to match; IPAdapter Batch gives frame i weight i; "
-              f"total_frames sets the batch size. Put {REFERENCE} and {REFERENCE_2} in ComfyUI's input folder.")
+              "total_frames sets the batch size. " + OWN_IMAGES)
     ipadapter, clip_vision = loaders(g)
     both = g.node("ImageBatch", image1=g.image().out("IMAGE"), image2=g.image(REFERENCE_2).out("IMAGE"))
     schedule = g.node("IPAdapterWeights", weights="1.0, 0.0", timing="linear", frames=3, start_frame=0,
@@ -314,8 +336,9 @@ def faceid() -> Workflow:
     g = Graph(f"FaceID Plus V2 on SD1.5: {FACEID_PLUSV2} with its LoRA {FACEID_PLUSV2_LORA} (strength 0.6, in "
               "models/loras), the ViT-H encoder and InsightFace (pip install insightface onnxruntime; the "
               "buffalo_l models go in models/insightface). weight_faceidv2 sets how much the face shape "
-              f"(the CLIP part) counts. The detected face crop is previewed. Put a portrait as {FACE} in "
-              "ComfyUI's input folder.", positive="a photo of a person in a forest, best quality")
+              f"(the CLIP part) counts. The detected face crop is previewed. {FACE} is a drawn placeholder: "
+              "face detectors need a photograph, so pick a portrait photo in Load Image.",
+              positive="a photo of a person in a forest, best quality")
     lora = g.node("LoraLoaderModelOnly", model=g.ckpt.out("MODEL"), lora_name=FACEID_PLUSV2_LORA,
                   strength_model=0.6)
     ipadapter, clip_vision = loaders(g, FACEID_PLUSV2)
@@ -358,6 +381,7 @@ WORKFLOWS = {
     "ipadapter_style_composition": style_composition,
     "ipadapter_precise_style_composition": precise_style_composition,
     "ipadapter_layer_weights": layer_weights,
+    "ipadapter_layer_sweep": layer_sweep,
     "ipadapter_tiled": tiled,
     "ipadapter_weights_batch": weights_batch,
     "ipadapter_regional_conditioning": regional_conditioning,

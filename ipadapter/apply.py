@@ -11,6 +11,7 @@ from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, ModelMismatchError
 from .layers import ARCH_NAMES, layer_map, model_arch
+from .progress import tracked
 from .tiles import enhance_features, tile_reference
 from .weights import COMPOSITION_LAYERS, Weight, as_frame_weights, find_embeds_scaling, resolve_layer_weights
 
@@ -253,7 +254,7 @@ def apply_tiled(
     tiles, masks = tile_reference(image, attn_mask, sharpening)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold))
     entries = []
-    for tile, mask in zip(tiles, masks):
+    for tile, mask in tracked(list(zip(tiles, masks))):
         embeds = encode_for(adapter, clip_vision, tile, image_negative, batch_size, negative_mode)
         entries.append(make_entry(model, adapter, embeds, weights, attn_mask=mask, unfold=unfold, **entry_options))
     return apply_entries(model, entries, adapter.spec.arch), torch.cat(tiles), torch.cat(masks)

@@ -16,6 +16,7 @@ import comfy.model_management as mm
 from .encoders import known_widths
 from .errors import EncoderMismatchError
 from .families import AdapterSpec
+from .progress import tracked
 
 # Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
 _clip_preprocess = getattr(comfy.clip_vision, "clip_preprocess", None)
@@ -85,8 +86,7 @@ def encode_images(clip_vision, images: Tensor, output: str, batch_size: int = 0,
     size = clip_vision.image_size
     step = batch_size if batch_size > 0 else images.shape[0]
     chunks = []
-    for start in range(0, images.shape[0], step):
-        mm.throw_exception_if_processing_interrupted()
+    for start in tracked(range(0, images.shape[0], step)):
         pixels = _clip_preprocess(images[start:start + step].to(device), size=size, mean=clip_vision.image_mean,
                                   std=clip_vision.image_std, crop=True).float()
         if mask is not None:

@@ -30,6 +30,7 @@ import folder_paths
 
 from . import face_align, face_onnx
 from .errors import FaceIDError, FaceModelMissingError, InsightFaceMissingError, NoFaceError
+from .progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def detect_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: s
                           "(224, 256, 336, ...)")
     align = _aligner(analyser)
     normed, raw, crops = [], [], []
-    for index in range(images.shape[0]):
+    for index in tracked(range(images.shape[0])):
         bgr = _to_bgr_uint8(images[index])
         faces, used = [], None
         for size in det_sizes:

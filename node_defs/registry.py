@@ -55,6 +55,10 @@ DISPLAY_NAMES: dict[str, str] = {
     "IPAdapterCombineWeights": "IPAdapter Combine Weights",
     # node_defs/training.py
     "IPAdapterTrain": "IPAdapter Train",
+    # node_defs/layer_tools.py
+    "IPAdapterLayerWeights": "IPAdapter Layer Weights",
+    "IPAdapterLayerSweep": "IPAdapter Layer Sweep",
+    "IPAdapterSweepGrid": "IPAdapter Sweep Grid",
 }
 
 

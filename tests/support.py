@@ -60,3 +60,14 @@ def features(adapter: adapter_mod.Adapter, n: int = 1, seed: int = 0) -> torch.T
 # the repository so the conformance tests always run.
 LAYOUTS_PATH = Path(__file__).resolve().parent / "data" / "ipadapter_checkpoint_layouts.json"
 LAYOUTS = json.loads(LAYOUTS_PATH.read_text())
+
+
+def load_dev_script(name: str):
+    """A script of dev/ (``make_example_workflows``) imported as a module, for tests of what it makes."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "dev" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

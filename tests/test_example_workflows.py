@@ -16,7 +16,6 @@ dev/make_example_workflows.py makes the files; a test checks they are what it ma
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +29,14 @@ import folder_paths
 import nodes
 
 from harness import executor, workflow
+from support import load_dev_script
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDER = REPO / "example_workflows"
 FILES = sorted(p.name for p in FOLDER.glob("*.json"))
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_example_workflows", REPO / "dev" / "make_example_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _load_generator()
+GENERATOR = load_dev_script("make_example_workflows")
 
 
 @dataclass(frozen=True)
@@ -53,6 +46,7 @@ class Expect:
     images: dict[str, int] = field(default_factory=dict)  # Save Image filename_prefix -> images saved
     previews: int = 0  # Preview Image nodes that show at least one image
     embeds: str | None = None  # filename prefix of the .ipadpt file written to output/
+    size: tuple[int, int] = (64, 64)  # of every saved image
 
 
 EXPECTED = {
@@ -65,6 +59,8 @@ EXPECTED = {
     "ipadapter_style_composition.json": Expect({"ipadapter_style_composition": 1}),
     "ipadapter_precise_style_composition.json": Expect({"ipadapter_precise_style_composition": 1}),
     "ipadapter_layer_weights.json": Expect({"ipadapter_layer_weights": 1}),
+    # One grid of the 18 renders: 6 columns x 3 rows of 64 px cells under 17 px labels, 4 px apart.
+    "ipadapter_layer_sweep.json": Expect({"ipadapter_layer_sweep": 1}, size=(6 * 64 + 5 * 4, 3 * (64 + 17) + 2 * 4)),
     "ipadapter_tiled.json": Expect({"ipadapter_tiled": 1}, previews=1),
     # 2 images x 3 frames each ("full batch"): total_frames = 6 sets the latent batch.
     "ipadapter_weights_batch.json": Expect({"ipadapter_weights_batch": 6}),
@@ -340,7 +336,7 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
     for node_id, images in by_kind.get("SaveImage", []):
         for item in images:
             with Image.open(output_dir / item["subfolder"] / item["filename"]) as image:
-                assert image.size == (64, 64)
+                assert image.size == expect.size
                 pictures.setdefault(node_id, np.asarray(image.convert("RGB"), dtype=np.float32))
     for node_id, pixels in pictures.items():
         assert pixels.std() > 1, f"node {node_id} saved a constant image"

@@ -99,11 +99,34 @@ def interface_nodes() -> dict:
     return json.loads(INTERFACE.read_text())["nodes"]
 
 
+def _pack_nodes() -> dict:
+    """This pack's node classes when ComfyUI has loaded it (harness.runtime.load_this_pack), else {}."""
+    import sys
+
+    from harness.runtime import PACK_NAME
+
+    pack = sys.modules.get(PACK_NAME)
+    return getattr(pack, "NODE_CLASS_MAPPINGS", {}) if pack is not None else {}
+
+
+def _with_new_inputs(old: NodeSchema, ours: NodeSchema) -> NodeSchema:
+    """The old extension's schema, followed by the inputs and widgets our node added after them (new
+    inputs come last and are optional), so a saved file holds every widget value the frontend writes."""
+    inputs = old.inputs + tuple(i for i in ours.inputs if i[0] not in dict(old.inputs))
+    widgets = old.widgets + tuple(w for w in ours.widgets if old.widget(w.name) is None)
+    return NodeSchema(inputs, widgets, old.outputs)
+
+
 def schema_for(kind: str) -> NodeSchema:
-    """The old extension's interface for its node keys, the pinned table for ComfyUI's own nodes (the
-    same file whichever ComfyUI runs), else the running ComfyUI's registered class (needs it booted)."""
+    """The old extension's interface for its node keys (plus what our node added, when the pack is
+    loaded), the pinned table for ComfyUI's own nodes (the same file whichever ComfyUI runs), else the
+    running ComfyUI's registered class (needs it booted)."""
     if kind in interface_nodes():
-        return NodeSchema.from_interface(interface_nodes()[kind])
+        old = NodeSchema.from_interface(interface_nodes()[kind])
+        ours = _pack_nodes().get(kind)
+        if ours is None:
+            return old
+        return _with_new_inputs(old, NodeSchema.from_interface(core_nodes.interface_entry(ours)))
     if kind in core_nodes.pinned():
         return NodeSchema.from_interface(core_nodes.pinned()[kind])
     import nodes  # ComfyUI's registry
