@@ -69,7 +69,11 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
 
 
 def _run_encoder(clip_vision, pixel_values: Tensor, output: str) -> Tensor:
-    out = clip_vision.model(pixel_values=pixel_values, intermediate_output=-2)
+    # Never build an autograd graph, whoever calls (ComfyUI's executor runs nodes under inference mode,
+    # scripts and other packs may not): ComfyUI's CLIP vision forward keeps its graph (weight casts and
+    # activations) alive after the output is dropped, so each encode outside no_grad leaked it.
+    with torch.no_grad():
+        out = clip_vision.model(pixel_values=pixel_values, intermediate_output=-2)
     return out[_OUTPUT_INDEX[output]].to(mm.intermediate_device())
 
 
