@@ -16,6 +16,7 @@ import comfy.model_management as mm
 from .encoders import known_widths
 from .errors import EncoderMismatchError
 from .families import AdapterSpec
+from .inputs import require_images
 
 # Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
 _clip_preprocess = getattr(comfy.clip_vision, "clip_preprocess", None)
@@ -84,6 +85,7 @@ def encode_images(clip_vision, images: Tensor, output: str, batch_size: int = 0,
     multiplies the normalised pixels (masked pixels become the dataset mean colour), as the old
     extension's Encoder node did.
     """
+    require_images("image", images)  # callers name their own input first; this guards the rest
     mm.load_models_gpu([clip_vision.patcher])
     device = clip_vision.load_device
     size = clip_vision.image_size

@@ -21,6 +21,7 @@ from .adapter import Adapter
 from .apply import Embeds, apply_adapter
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, NoFaceError
+from .inputs import require_finite, require_images
 from .families import resolve_faceid_v2
 from .insightface_glue import DET_SIZES, detect_faces
 
@@ -83,6 +84,7 @@ class FaceEmbeds:
 def analyze_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: str = "first",
                   det_sizes: Sequence[int] = DET_SIZES) -> FaceEmbeds:
     """The faces ``insightface_glue.detect_faces`` finds (one per image), as FaceEmbeds with their crops."""
+    require_images("image", images)
     return FaceEmbeds(*detect_faces(analyser, images, crop_size=crop_size, selection=selection, det_sizes=det_sizes))
 
 
@@ -216,6 +218,10 @@ def apply_faceid(model, adapter: Adapter, *, image: Tensor | None = None, face_e
     """
     kolors = weight_kolors is not None
     _require_faceid_node(adapter, kolors)
+    require_images("image", image)
+    require_images("image_negative", image_negative)
+    require_finite("weight_faceidv2", weight_faceidv2)
+    require_finite("weight_kolors", weight_kolors)
     spec = adapter.spec
     v2 = spec.faceid_v2 if spec.faceid_v2 is not None else resolve_faceid_v2(faceid_version, adapter.source)
 
