@@ -21,7 +21,9 @@ from .adapter import Adapter
 from .apply import Embeds, apply_adapter
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, NoFaceError
+from .files import check_tensors
 from .inputs import require_finite, require_images
+from .output_files import write_atomically
 from .families import resolve_faceid_v2
 from .insightface_glue import DET_SIZES, detect_faces
 
@@ -97,14 +99,21 @@ def save_face_embeds(embeds: FaceEmbeds, path: str | os.PathLike) -> Path:
     if embeds.raw is not None:
         tensors["raw"] = embeds.raw.contiguous().cpu()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", "kind": "ipadapter face embeds"})
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "kind": "ipadapter face embeds"}))
     return path
 
 
 def load_face_embeds(path: str | os.PathLike) -> FaceEmbeds:
     """Read a file written by ``save_face_embeds`` (or any safetensors with one [N, 512] tensor)."""
-    tensors = load_file(str(path))
+    name = Path(path).name
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise FaceIDError(f"{name} could not be read as a face embeds file (safetensors): {exc}") from exc
+    try:
+        check_tensors(tensors, name, kind="a face embeds file")
+    except ValueError as exc:
+        raise FaceIDError(str(exc)) from None
     if "normed" in tensors:
         return FaceEmbeds(tensors["normed"].float(), tensors["raw"].float() if "raw" in tensors else None)
     if len(tensors) == 1:

@@ -208,10 +208,10 @@ def load_tensor_file(path: str | os.PathLike) -> Mapping:
         raise CheckpointError(f"{path.name} could not be read as safetensors: {exc}") from exc
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, prefix: str = "") -> None:
+def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, prefix: str = "", kind: str = "an IP-Adapter") -> None:
     """Refuse weights that would give wrong images, once at load: a tensor that is not floating point
     (an integer or boolean tensor where weights belong) or holds NaN / Inf. Names the file and the first
-    bad tensors. Meta tensors (shape-only reading) are skipped."""
+    bad tensors, and says it is not a good ``kind`` file. Meta tensors (shape-only reading) are skipped."""
     wrong_dtype, not_finite = [], []
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor) or t.is_meta:
@@ -222,14 +222,14 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, prefix: str 
             not_finite.append(f"{prefix}{key}")
     if wrong_dtype:
         raise CheckpointError(
-            f"{source} holds {len(wrong_dtype)} non-float weight tensors where an IP-Adapter has float16/bfloat16/"
-            f"float32 weights: {', '.join(wrong_dtype[:4])}{' ...' if len(wrong_dtype) > 4 else ''}. The file is "
-            "damaged or not an IP-Adapter; download it again.")
+            f"{source} holds {len(wrong_dtype)} tensors that are not floating point: {', '.join(wrong_dtype[:4])}"
+            f"{' ...' if len(wrong_dtype) > 4 else ''}; {kind} holds float16/bfloat16/float32 values. The file is "
+            f"damaged or not {kind}; replace it.")
     if not_finite:
         raise CheckpointError(
             f"{source} holds NaN or infinite values in {len(not_finite)} tensors ({', '.join(not_finite[:4])}"
-            f"{' ...' if len(not_finite) > 4 else ''}); it would give black or noise images. The file is damaged "
-            "(or was saved from a diverged training run); download it again.")
+            f"{' ...' if len(not_finite) > 4 else ''}); as {kind} it would give black or noise images. The file is "
+            "damaged (or was saved from a diverged training run); replace it.")
 
 
 # --------------------------------------------------------------------------------------------------
