@@ -160,13 +160,15 @@ def pickle_shapes(path: str | os.PathLike) -> Shapes:
 def load_pickle(path: Path, mmap: bool) -> Mapping:
     """A torch file's dict, loaded with ``weights_only=True`` (``mmap``: memory-mapped where the format
     allows). Raises UnsafeCheckpointError for a pickle that needs code, CheckpointError otherwise."""
+    path = Path(path)
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        # Memory-mapping needs the zip format and a path; torch.load hands a path ending in .safetensors to
+        # safetensors, so such a file (a torch file misnamed) is read through a file object instead.
+        if mmap and tensor_file_kind(path) == "zip" and path.suffix.lower() != ".safetensors":
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        else:
+            with open(path, "rb") as f:
+                data = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"{path.name} is a pickle that needs code to load (not just tensors), so it was refused. "
@@ -189,8 +191,7 @@ def read_checkpoint(path: str | os.PathLike) -> StateDicts:
     path = Path(path)
     raw = load_tensor_file(path)
     sections = check_sections(raw, split_sections(raw), path.name)
-    for section, tensors in sections.items():
-        check_tensors(tensors, path.name, prefix=f"{section}.")
+    check_tensors({f"{section}.{k}": t for section, tensors in sections.items() for k, t in tensors.items()}, path.name)
     return sections
 
 
@@ -208,7 +209,7 @@ def load_tensor_file(path: str | os.PathLike) -> Mapping:
         raise CheckpointError(f"{path.name} could not be read as safetensors: {exc}") from exc
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, prefix: str = "", kind: str = "an IP-Adapter") -> None:
+def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, kind: str = "an IP-Adapter") -> None:
     """Refuse weights that would give wrong images, once at load: a tensor that is not floating point
     (an integer or boolean tensor where weights belong) or holds NaN / Inf. Names the file and the first
     bad tensors, and says it is not a good ``kind`` file. Meta tensors (shape-only reading) are skipped."""
@@ -217,9 +218,9 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], source: str, prefix: str 
         if not isinstance(t, torch.Tensor) or t.is_meta:
             continue
         if not t.is_floating_point():
-            wrong_dtype.append(f"{prefix}{key} ({str(t.dtype).removeprefix('torch.')})")
+            wrong_dtype.append(f"{key} ({str(t.dtype).removeprefix('torch.')})")
         elif not bool(torch.isfinite(t).all()):
-            not_finite.append(f"{prefix}{key}")
+            not_finite.append(key)
     if wrong_dtype:
         raise CheckpointError(
             f"{source} holds {len(wrong_dtype)} tensors that are not floating point: {', '.join(wrong_dtype[:4])}"
