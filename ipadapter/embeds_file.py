@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .files import check_tensors, tensor_file_kind
+from .files import check_tensors, load_tensor_file, tensor_file_kind
 from .output_files import write_atomically
 
 SUFFIX = ".ipadpt"
@@ -46,12 +46,10 @@ def load_embeds(path: str | os.PathLike) -> Tensor:
     except ValueError as exc:
         raise EmbedsFileError(str(exc)) from None
     if kind == "safetensors":
-        import safetensors.torch
-
         try:
-            tensors = safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise EmbedsFileError(f"{name} could not be read as an embeds file (safetensors): {exc}") from exc
+            tensors = load_tensor_file(path)
+        except ValueError as exc:
+            raise EmbedsFileError(str(exc)) from None
         if len(tensors) != 1:
             raise EmbedsFileError(f"{name} holds {len(tensors)} tensors; an embeds file holds exactly one")
         _check_values(tensors, name)

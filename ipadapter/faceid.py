@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .adapter import Adapter
 from .apply import Embeds, apply_adapter
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, NoFaceError
-from .files import check_tensors
+from .files import check_tensors, load_tensor_file
 from .inputs import require_finite, require_images
 from .output_files import write_atomically
 from .families import resolve_faceid_v2
@@ -107,10 +107,7 @@ def load_face_embeds(path: str | os.PathLike) -> FaceEmbeds:
     """Read a file written by ``save_face_embeds`` (or any safetensors with one [N, 512] tensor)."""
     name = Path(path).name
     try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise FaceIDError(f"{name} could not be read as a face embeds file (safetensors): {exc}") from exc
-    try:
+        tensors = dict(load_tensor_file(path))  # safetensors, or a torch file (weights only), by its bytes
         check_tensors(tensors, name, kind="a face embeds file")
     except ValueError as exc:
         raise FaceIDError(str(exc)) from None
