@@ -87,12 +87,14 @@ def tensor_file_kind(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path} does not exist or is not a file")
     with open(path, "rb") as f:
         head = f.read(64)
+    # Safetensors first: its 8-byte little-endian header length may well start with 0x80 or "PK"; the JSON
+    # header's "{" right after it is what no torch file has there.
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     if head.startswith(_PICKLE_MAGIC):
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then the JSON header
-        return "safetensors"
     raise CheckpointError(
         f"{path.name} is not a tensor file (safetensors or torch checkpoint): {_describe_bytes(head)}. "
         "Download it again from its source."

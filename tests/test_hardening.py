@@ -24,7 +24,7 @@ import nodes
 from harness import adapter_factory, executor
 from harness.widths import TINY_WIDTHS
 from support import tiny_unet
-from ipadapter_next.ipadapter import checkpoint, encoders, faceid
+from ipadapter_next.ipadapter import checkpoint, encoders, faceid, files
 
 REFERENCE = "hardening_reference.png"
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
@@ -211,6 +211,18 @@ def test_a_safetensors_file_named_bin_and_a_torch_file_named_safetensors_load():
         adapter = load(name)[0]
         assert adapter.spec.family == PLUS
         assert torch.equal(adapter.sections["image_proj"]["latents"], sections["image_proj"]["latents"])
+
+
+def test_the_format_test_tells_a_safetensors_header_length_from_the_torch_magic_bytes(tmp_path):
+    # A header length whose first byte is 0x80 (a pickle opcode) or that reads "PK" is still safetensors.
+    for first in (b"\x80\x00", b"PK"):
+        path = tmp_path / "x.bin"
+        path.write_bytes(first + b"\x00" * 6 + b'{"__metadata__": {}}')
+        assert files.tensor_file_kind(path) == "safetensors"
+    torch.save({"a": torch.ones(1)}, tmp_path / "zip.safetensors")
+    torch.save({"a": torch.ones(1)}, tmp_path / "legacy.safetensors", _use_new_zipfile_serialization=False)
+    assert files.tensor_file_kind(tmp_path / "zip.safetensors") == "zip"
+    assert files.tensor_file_kind(tmp_path / "legacy.safetensors") == "pickle"
 
 
 def test_an_unreadable_file_says_what_its_bytes_look_like():
