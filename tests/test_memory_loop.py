@@ -55,12 +55,15 @@ def rss_mb() -> float:
 
 
 def run_loop(step) -> tuple[list[int], list[float]]:
+    """Live tensors after iterations 5, 10, ..., 30 (a full garbage-collector walk each: not every
+    iteration), RSS after every iteration from the 5th."""
     tensors, rss = [], []
-    for i in range(ITERATIONS):
+    for i in range(1, ITERATIONS + 1):
         step(i)
-        if i + 1 >= WARMUP:
-            tensors.append(live_tensors())
+        if i >= WARMUP:
             rss.append(rss_mb())
+            if i % WARMUP == 0:
+                tensors.append(live_tensors())
     return tensors, rss
 
 
@@ -88,7 +91,7 @@ def test_ipadapter_advanced_loop_outside_inference_mode_keeps_memory_flat():
     clip_vision = nodes.NODE_CLASS_MAPPINGS["CLIPVisionLoader"]().load_clip(CLIP_VISION)[0]
     image = reference_image()
     node = nodes.NODE_CLASS_MAPPINGS["IPAdapterAdvanced"]()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the budget should not depend on how busy a shared machine is
 
     def step(i):
         patched = node.apply_ipadapter(model, adapter, image, clip_vision=clip_vision, **advanced_inputs())[0]
@@ -96,7 +99,7 @@ def test_ipadapter_advanced_loop_outside_inference_mode_keeps_memory_flat():
 
     tensors, rss = run_loop(step)
     assert_flat(tensors, rss, "IPAdapter Advanced")
-    assert time.perf_counter() - start < 60
+    assert time.process_time() - start < 60
 
 
 def test_unified_loader_loop_outside_inference_mode_keeps_memory_flat():
