@@ -10,6 +10,7 @@ from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, ModelMismatchError
+from .inputs import require_finite, require_images
 from .layers import ARCH_NAMES, layer_map, model_arch
 from .progress import tracked
 from .tiles import enhance_features, tile_reference
@@ -66,6 +67,8 @@ def encode_for(adapter: Adapter, clip_vision, image: Tensor, image_negative: Ten
     """Encoder features of ``image`` and of the negative; ``enhance_tiles`` > 1 adds the ClipVision
     Enhancer's tile features (see ``tiles.enhance_features``; the negative is never tiled)."""
     require_non_faceid(adapter)
+    require_images("image", image)
+    require_images("image_negative", image_negative)
     if clip_vision is None:
         raise ValueError(
             f"{adapter.name} needs a CLIP vision model: connect `clip_vision` (Load CLIP Vision with "
@@ -126,6 +129,8 @@ def apply_adapter(
     ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
     token_transform)."""
     check_model(adapter, model)
+    for name, value in (("weight", weight), ("weight_composition", weight_composition), ("boost", boost)):
+        require_finite(name, value)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
                                     weight_composition, boost, layer_weights)
     entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
@@ -157,6 +162,8 @@ def make_entry(
 ) -> AdapterEntry:
     """Combine and project ``embeds`` and bundle them with resolved per-layer ``weights`` into one entry."""
     find_embeds_scaling(embeds_scaling)  # fail here, not in the middle of sampling
+    require_finite("start_at", start_at)
+    require_finite("end_at", end_at)
     cond, uncond = embeds.cond, embeds.uncond
     if not unfold and combine != "concat" and cond.shape[0] > 1:
         cond = combine_embeds(cond, combine)
@@ -219,6 +226,8 @@ def apply_style_composition(
     ``expand_style`` puts the style image on every other layer ("strong style and composition").
     """
     check_model(adapter, model)
+    require_finite("weight_style", weight_style)
+    require_finite("weight_composition", weight_composition)
     arch = adapter.spec.arch
     if arch != "sdxl":
         raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {ARCH_NAMES[arch]} adapter: use "
@@ -251,6 +260,8 @@ def apply_tiled(
     """IPAdapter Tiled: cut the reference into 256-pixel tiles (see ``tiles.tile_reference``) and apply
     each tile with a mask that covers its own region. Returns (model, tiles, masks)."""
     check_model(adapter, model)
+    require_images("image", image)
+    require_finite("weight", weight)
     tiles, masks = tile_reference(image, attn_mask, sharpening)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold))
     entries = []

@@ -8,20 +8,21 @@ was seen. Meta tensors are enough (see ``model_files.read_checkpoint_shapes``).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
 
 from .encoders import FULL_WIDTHS, KnownWidths
-from .errors import UnknownAdapterError
-from .families import FAMILIES, MATCH_FIELDS, AdapterSpec, EncoderRequirement, Family
+from .errors import TensorShapeError, UnknownAdapterError
+from .families import FAMILIES, MATCH_FIELDS, AdapterSpec, EncoderRequirement, Family, family
 from .files import check_sections, split_sections
 from .layers import ARCH_NAMES, ARCHITECTURES, arch_for_layer_count, layer_map
-from .lora import checkpoint_lora_rank
-from .projection import split_tokens
+from .lora import LORA_KEY, checkpoint_lora_rank
+from .projection import projection_layout, split_tokens
 
-__all__ = ["PROJECTIONS", "Projection", "detect"]
+__all__ = ["PROJECTIONS", "Projection", "check_shapes", "detect"]
 
 _OUTPUT_LABEL = {"image_embeds": "image_embeds", "penultimate_hidden_states": "penultimate"}
 
@@ -150,10 +151,9 @@ def _read_layers(ip: Mapping[str, torch.Tensor], where: str) -> _Layers:
     expected = {site.ckpt_index for site in layer_map(arch)}
     if k_ids != expected:
         raise UnknownAdapterError(f"{where}: to_k_ip keys are not numbered 1, 3, ..., {max(expected)} (got {sorted(k_ids)[:6]}...)")
-    widths = {int(ip[f"{n}.to_k_ip.weight"].shape[-1]) for n in k_ids} | {int(ip[f"{n}.to_v_ip.weight"].shape[-1]) for n in k_ids}
-    if len(widths) != 1:
-        raise UnknownAdapterError(f"{where}: to_k_ip / to_v_ip input widths differ between layers ({sorted(widths)})")
-    return _Layers(count, arch, widths.pop(), checkpoint_lora_rank(ip))
+    # The context width most layers take; a layer that differs is named by check_shapes.
+    widths = Counter(int(ip[f"{n}.{w}.weight"].shape[-1]) for n in k_ids for w in ("to_k_ip", "to_v_ip"))
+    return _Layers(count, arch, widths.most_common(1)[0][0], checkpoint_lora_rank(ip))
 
 
 def _projection_of(p: Mapping[str, torch.Tensor], where: str) -> Projection:
@@ -233,7 +233,7 @@ def detect(state_dicts: Mapping, source: str | None = None, *, widths: KnownWidt
             m = replace(m, face_width=m.resampler_input)
     encoder = _encoder(m, widths, fam.image_size)
     tokens = m.tokens if m.tokens is not None else encoder.tokens
-    return AdapterSpec(
+    spec = AdapterSpec(
         family=fam.name,
         label=fam.label,
         arch=layers.arch,
@@ -253,6 +253,77 @@ def detect(state_dicts: Mapping, source: str | None = None, *, widths: KnownWidt
         faceid_v2=fam.faceid_v2,
         source=source,
     )
+    check_shapes(spec, state_dicts, where)
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------
+# Every tensor's shape against the detected family
+# --------------------------------------------------------------------------------------------------
+def _ip_layer_shapes(spec: AdapterSpec, ip: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Expected shapes of the ip_adapter section: ``N.to_k_ip/to_v_ip`` [layer width, context width] and the
+    FaceID LoRA's [rank, in] / [out, rank] matrices. A layer's width is its multiple of the UNet's
+    model_channels (the layer map) times the model_channels most layers agree on."""
+    sites = {site.ckpt_index: site for site in layer_map(spec.arch)}
+    bases = Counter(int(ip[f"{n}.to_k_ip.weight"].shape[0]) // s.width_mult for n, s in sites.items()
+                    if f"{n}.to_k_ip.weight" in ip and ip[f"{n}.to_k_ip.weight"].ndim == 2)
+    base = bases.most_common(1)[0][0] if bases else 0
+    expected: dict[str, tuple[int, ...]] = {}
+    for n, site in sites.items():
+        for name in ("to_k_ip", "to_v_ip"):
+            expected[f"{n}.{name}.weight"] = (site.width_mult * base, spec.context_dim)
+    if spec.lora_rank is not None:
+        for key in ip:
+            m = LORA_KEY.match(key)
+            site = m and sites.get(int(m.group(1)) | 1)  # attn1 (even N) shares the block with attn2 N + 1
+            if not site:
+                continue
+            width = site.width_mult * base
+            n, proj, matrix = int(m.group(1)), m.group(2), m.group(3)
+            in_width = spec.context_dim if n % 2 == 1 and proj in ("to_k", "to_v") else width
+            expected[key] = (spec.lora_rank, in_width) if matrix == "down" else (width, spec.lora_rank)
+    return expected
+
+
+def _probably(spec: AdapterSpec) -> str:
+    files = ", ".join(family(spec.family).checkpoints)
+    return f"It looks like {spec.label} (family {spec.family}, released as {files})"
+
+
+def check_shapes(spec: AdapterSpec, state_dicts: Mapping, source: str) -> None:
+    """Every tensor of the file against the shapes ``spec``'s family gives it; TensorShapeError naming the
+    file, each wrong tensor with the expected and the found shape, and what the file probably is.
+
+    Run at detection, so a damaged file fails when it is loaded (or skipped when a preset looks for it),
+    never later inside sampling. Shapes only: meta tensors are fine."""
+    p, ip = state_dicts["image_proj"], state_dicts["ip_adapter"]
+    problems: list[str] = []
+    try:
+        proj_expected = projection_layout(spec.projection, p)
+    except ValueError as exc:
+        raise TensorShapeError(f"{source}: the image_proj tensors do not fit together ({exc}). {_probably(spec)}, "
+                               "but the file is damaged or was altered; download it again.") from exc
+    for section, tensors, expected in (("image_proj", p, proj_expected), ("ip_adapter", ip, _ip_layer_shapes(spec, ip))):
+        for key in sorted(expected, key=_natural):
+            if key not in tensors:
+                if section == "image_proj":
+                    problems.append(f"{section}.{key} is missing (expected {list(expected[key])})")
+                continue
+            found = tuple(tensors[key].shape)
+            if found != expected[key]:
+                problems.append(f"{section}.{key} is {list(found)}, expected {list(expected[key])}")
+        if section == "image_proj":
+            problems += [f"{section}.{key} is not part of a {spec.projection} projection"
+                         for key in sorted(set(tensors) - set(expected), key=_natural)]
+    if problems:
+        raise TensorShapeError(
+            f"{source}: {len(problems)} tensor(s) do not have the shapes of its family: {'; '.join(problems[:6])}"
+            f"{' ...' if len(problems) > 6 else ''}. {_probably(spec)}, but the file is damaged or was altered; "
+            "download it again.")
+
+
+def _natural(key: str):
+    return [int(part) if part.isdigit() else part for part in key.split(".")]
 
 
 def _match(seen: Mapping[str, object], where: str, m: _Measured, layers: _Layers) -> Family:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .files import check_tensors, load_tensor_file, tensor_file_kind
+from .output_files import write_atomically
 
 SUFFIX = ".ipadpt"
 
@@ -25,24 +27,32 @@ def save_embeds(embeds: Tensor, path: str | os.PathLike) -> None:
     if not isinstance(embeds, Tensor):
         raise EmbedsFileError(f"IPAdapter Save Embeds needs EMBEDS (a tensor), got {type(embeds).__name__}")
     # clone: a view would otherwise save the whole storage it belongs to
-    torch.save(embeds.detach().cpu().contiguous().clone(), path)
+    tensor = embeds.detach().cpu().contiguous().clone()
+    write_atomically(path, lambda tmp: _save_tensor(tensor, tmp))
 
 
-def _is_safetensors(path: str | os.PathLike) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1
+def _save_tensor(tensor: Tensor, tmp: str) -> None:
+    # Through a file object: torch.save names the archive's records after a path's stem, which here would
+    # be the temporary name; a file object gives the fixed name "archive".
+    with open(tmp, "wb") as f:
+        torch.save(tensor, f)
 
 
 def load_embeds(path: str | os.PathLike) -> Tensor:
     """The tensor in an .ipadpt file, on the CPU."""
     name = Path(path).name
-    if _is_safetensors(path):
-        import safetensors.torch
-
-        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    try:
+        kind = tensor_file_kind(path)
+    except ValueError as exc:
+        raise EmbedsFileError(str(exc)) from None
+    if kind == "safetensors":
+        try:
+            tensors = load_tensor_file(path)
+        except ValueError as exc:
+            raise EmbedsFileError(str(exc)) from None
         if len(tensors) != 1:
             raise EmbedsFileError(f"{name} holds {len(tensors)} tensors; an embeds file holds exactly one")
+        _check_values(tensors, name)
         return next(iter(tensors.values()))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -55,4 +65,12 @@ def load_embeds(path: str | os.PathLike) -> Tensor:
     if not isinstance(data, Tensor):
         raise EmbedsFileError(f"{name} holds a {type(data).__name__}, not an embeds tensor; "
                               "save embeds with IPAdapter Save Embeds.")
+    _check_values({"embeds": data}, name)
     return data.cpu()
+
+
+def _check_values(tensors: dict, name: str) -> None:
+    try:
+        check_tensors(tensors, name, kind="an embeds file")
+    except ValueError as exc:
+        raise EmbedsFileError(str(exc)) from None

@@ -16,6 +16,7 @@ import comfy.model_management as mm
 from .encoders import known_widths
 from .errors import EncoderMismatchError
 from .families import AdapterSpec
+from .inputs import require_images
 from .progress import tracked
 
 # Newer ComfyUI moved clip_preprocess to comfy.clip_model and keeps an alias here.
@@ -70,7 +71,11 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
 
 
 def _run_encoder(clip_vision, pixel_values: Tensor, output: str) -> Tensor:
-    out = clip_vision.model(pixel_values=pixel_values, intermediate_output=-2)
+    # Never build an autograd graph, whoever calls (ComfyUI's executor runs nodes under inference mode,
+    # scripts and other packs may not): ComfyUI's CLIP vision forward keeps its graph (weight casts and
+    # activations) alive after the output is dropped, so each encode outside no_grad leaked it.
+    with torch.no_grad():
+        out = clip_vision.model(pixel_values=pixel_values, intermediate_output=-2)
     return out[_OUTPUT_INDEX[output]].to(mm.intermediate_device())
 
 
@@ -81,6 +86,7 @@ def encode_images(clip_vision, images: Tensor, output: str, batch_size: int = 0,
     multiplies the normalised pixels (masked pixels become the dataset mean colour), as the old
     extension's Encoder node did.
     """
+    require_images("image", images)  # callers name their own input first; this guards the rest
     mm.load_models_gpu([clip_vision.patcher])
     device = clip_vision.load_device
     size = clip_vision.image_size

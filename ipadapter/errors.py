@@ -20,6 +20,7 @@ __all__ = [
     "PresetFilesMissing",
     "PresetUnsupported",
     "ScheduleError",
+    "TensorShapeError",
     "UnknownAdapterError",
     "UnsafeCheckpointError",
 ]
@@ -40,6 +41,10 @@ class UnknownAdapterError(CheckpointError):
 
 class NotAnAdapterError(UnknownAdapterError):
     """The file holds tensors, but not IP-Adapter ones (a CLIP vision model, a LoRA, ...)."""
+
+
+class TensorShapeError(CheckpointError):
+    """A recognised adapter has tensors whose shapes do not fit its family (a damaged or altered file)."""
 
 
 # --- models that do not fit together ----------------------------------------------------------------

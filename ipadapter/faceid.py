@@ -14,13 +14,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .adapter import Adapter
 from .apply import Embeds, apply_adapter
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, NoFaceError
+from .files import check_tensors, load_tensor_file
+from .inputs import require_finite, require_images
+from .output_files import write_atomically
 from .families import resolve_faceid_v2
 from .insightface_glue import DET_SIZES, detect_faces
 
@@ -83,6 +86,7 @@ class FaceEmbeds:
 def analyze_faces(analyser, images: Tensor, *, crop_size: int = 224, selection: str = "first",
                   det_sizes: Sequence[int] = DET_SIZES) -> FaceEmbeds:
     """The faces ``insightface_glue.detect_faces`` finds (one per image), as FaceEmbeds with their crops."""
+    require_images("image", images)
     return FaceEmbeds(*detect_faces(analyser, images, crop_size=crop_size, selection=selection, det_sizes=det_sizes))
 
 
@@ -95,14 +99,18 @@ def save_face_embeds(embeds: FaceEmbeds, path: str | os.PathLike) -> Path:
     if embeds.raw is not None:
         tensors["raw"] = embeds.raw.contiguous().cpu()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", "kind": "ipadapter face embeds"})
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "kind": "ipadapter face embeds"}))
     return path
 
 
 def load_face_embeds(path: str | os.PathLike) -> FaceEmbeds:
     """Read a file written by ``save_face_embeds`` (or any safetensors with one [N, 512] tensor)."""
-    tensors = load_file(str(path))
+    name = Path(path).name
+    try:
+        tensors = dict(load_tensor_file(path))  # safetensors, or a torch file (weights only), by its bytes
+        check_tensors(tensors, name, kind="a face embeds file")
+    except ValueError as exc:
+        raise FaceIDError(str(exc)) from None
     if "normed" in tensors:
         return FaceEmbeds(tensors["normed"].float(), tensors["raw"].float() if "raw" in tensors else None)
     if len(tensors) == 1:
@@ -216,6 +224,10 @@ def apply_faceid(model, adapter: Adapter, *, image: Tensor | None = None, face_e
     """
     kolors = weight_kolors is not None
     _require_faceid_node(adapter, kolors)
+    require_images("image", image)
+    require_images("image_negative", image_negative)
+    require_finite("weight_faceidv2", weight_faceidv2)
+    require_finite("weight_kolors", weight_kolors)
     spec = adapter.spec
     v2 = spec.faceid_v2 if spec.faceid_v2 is not None else resolve_faceid_v2(faceid_version, adapter.source)
 

@@ -24,23 +24,24 @@ class LayerSite:
     key: AttnKey  # ComfyUI attn2 patch key: (block name, block id, block_index)
     ckpt_index: int  # N of "N.to_k_ip.weight" in the checkpoint
     transformer_index: int  # ComfyUI's SpatialTransformer counter (execution order)
+    width_mult: int = 1  # the layer's width in multiples of the UNet's model_channels (to_k_ip rows)
 
     @property
     def block(self) -> str:
         return self.key[0]
 
 
-# (block id, transformer depth) of every attention-carrying block, per architecture.
-_BLOCKS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+# (block id, transformer depth, width in multiples of model_channels) of every attention-carrying block.
+_BLOCKS: dict[str, dict[str, tuple[tuple[int, int, int], ...]]] = {
     "sd15": {
-        "input": ((1, 1), (2, 1), (4, 1), (5, 1), (7, 1), (8, 1)),
-        "middle": ((0, 1),),
-        "output": tuple((i, 1) for i in range(3, 12)),
+        "input": ((1, 1, 1), (2, 1, 1), (4, 1, 2), (5, 1, 2), (7, 1, 4), (8, 1, 4)),
+        "middle": ((0, 1, 4),),
+        "output": ((3, 1, 4), (4, 1, 4), (5, 1, 4), (6, 1, 2), (7, 1, 2), (8, 1, 2), (9, 1, 1), (10, 1, 1), (11, 1, 1)),
     },
     "sdxl": {
-        "input": ((4, 2), (5, 2), (7, 10), (8, 10)),
-        "middle": ((0, 10),),
-        "output": ((0, 10), (1, 10), (2, 10), (3, 2), (4, 2), (5, 2)),
+        "input": ((4, 2, 2), (5, 2, 2), (7, 10, 4), (8, 10, 4)),
+        "middle": ((0, 10, 4),),
+        "output": ((0, 10, 4), (1, 10, 4), (2, 10, 4), (3, 2, 2), (4, 2, 2), (5, 2, 2)),
     },
 }
 ARCHITECTURES = tuple(_BLOCKS)
@@ -57,16 +58,16 @@ def layer_map(arch: str) -> tuple[LayerSite, ...]:
     blocks = _BLOCKS[arch]
     ckpt_index: dict[AttnKey, int] = {}
     for name in _CHECKPOINT_ORDER:
-        for block_id, depth in blocks[name]:
+        for block_id, depth, _ in blocks[name]:
             for j in range(depth):
                 ckpt_index[(name, block_id, j)] = 2 * len(ckpt_index) + 1
     sites = []
     t_idx = 0
     for name in _EXECUTION_ORDER:
-        for block_id, depth in blocks[name]:
+        for block_id, depth, mult in blocks[name]:
             for j in range(depth):
                 key = (name, block_id, j)
-                sites.append(LayerSite(key=key, ckpt_index=ckpt_index[key], transformer_index=t_idx))
+                sites.append(LayerSite(key=key, ckpt_index=ckpt_index[key], transformer_index=t_idx, width_mult=mult))
             t_idx += 1
     return tuple(sites)
 

@@ -25,6 +25,7 @@ import comfy.utils
 from comfy.weight_adapter.lora import LoRAAdapter
 
 from .errors import LoraError
+from .inputs import require_finite
 from .layers import AttnKey, layer_map, spatial_transformers
 
 __all__ = [
@@ -118,6 +119,7 @@ def _check_shapes(model, patches: Mapping[str, object], source: str) -> None:
 def apply_faceid_lora(model, adapter, strength: float):
     """A clone of ``model`` with the adapter's own FaceID LoRA patched in at ``strength`` (0 returns the
     model unchanged). ``adapter`` is a loaded ``Adapter`` whose checkpoint holds the LoRA."""
+    require_finite("strength", strength)
     if strength == 0:
         return model
     patches = checkpoint_lora_patches(adapter.extra, adapter.spec.arch, model, adapter.name)
@@ -131,6 +133,7 @@ def apply_lora_file(model, lora: str | os.PathLike | Mapping[str, Tensor], stren
     """A clone of ``model`` with a separately published FaceID LoRA file (``*_lora.safetensors``, kohya or
     diffusers key names) at ``strength``, through ComfyUI's own LoRA loader (model only, as the old
     Unified FaceID loader did)."""
+    require_finite("lora_strength", strength)
     if strength == 0:
         return model
     name = os.path.basename(lora) if not isinstance(lora, Mapping) else "LoRA"

@@ -1,11 +1,15 @@
 """Files the save / load nodes share with ComfyUI's folders: numbered names in output/, lists of input/.
 
 Saved files are numbered like ComfyUI's saved images (``<prefix>_00001<suffix>``, in the prefix's
-sub-folder); load nodes list matching files anywhere under input/, where the user moves them.
+sub-folder), never outside output/, and written atomically (a temporary file renamed into place), so
+an interrupted save leaves no half-written file under the final name. Load nodes list matching files
+anywhere under input/, where the user moves them.
 """
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import folder_paths
@@ -19,11 +23,36 @@ class OutputFile:
 
 
 def next_output_file(filename_prefix: str, suffix: str) -> OutputFile:
-    """The next free numbered file for ``filename_prefix`` in ComfyUI's output folder (its folder is created)."""
+    """The next free numbered file for ``filename_prefix`` in ComfyUI's output folder (its folder is created).
+    A prefix that leads outside the output folder (``..``, an absolute path, a link out) is refused."""
+    root = os.path.realpath(folder_paths.get_output_directory())
+    target = os.path.realpath(os.path.join(root, os.path.dirname(os.path.normpath(filename_prefix)) or "."))
+    if os.path.isabs(filename_prefix) or os.path.commonpath([root, target]) != root:
+        raise ValueError(f"filename_prefix {filename_prefix!r} leads outside ComfyUI's output folder ({root}); "
+                         "files are saved only there. Use a name or a sub-folder such as 'embeds/portrait'.")
     folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix,
                                                                            folder_paths.get_output_directory())
     filename = f"{name}_{counter:05}{suffix}"
     return OutputFile(os.path.join(folder, filename), filename, subfolder)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary path)`` for a file in ``path``'s folder, then rename it to ``path`` in one step.
+    If ``write`` fails (or the process is interrupted), nothing appears under ``path`` and the temporary
+    file is removed."""
+    folder, name = os.path.split(os.fspath(path))
+    os.makedirs(folder or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def input_files(suffix: str, *, posix: bool = False) -> list[str]:

@@ -29,6 +29,7 @@ from .encoders import KnownWidths, known_widths
 from .errors import CheckpointError, PresetFilesMissing, PresetUnsupported
 from .layers import ARCH_NAMES
 from .model_files import identify_clip_vision, identify_ipadapter
+from .output_files import file_version
 
 _EXT = r"\.(safetensors|bin)$"
 
@@ -305,6 +306,26 @@ def _missing_message(preset: Preset, arch: str, needs: list[_Need]) -> str:
             lines.append(f"      not used: {'; '.join(n.skipped)}")
     lines.append("The folders are searched again on the next run (no restart needed).")
     return "\n".join(lines)
+
+
+def preset_version(preset_name: str, *, need_lora: bool = True) -> str:
+    """What a Unified Loader's IS_CHANGED returns: for every architecture the preset has, the files it resolves
+    to with their modification time and size (or why it does not resolve). ComfyUI runs the loader again
+    when this changes: a file rewritten, added or removed. The MODEL input is not known at that point
+    (IS_CHANGED sees widget values only), hence every architecture."""
+    preset = PRESETS.get(preset_name)
+    if preset is None:
+        return ""
+    parts = []
+    for arch in sorted(preset.variants):
+        try:
+            r = resolve_preset(preset_name, arch, need_lora=need_lora)
+        except (ValueError, OSError) as exc:
+            parts.append(f"{arch}: {exc}")
+            continue
+        files = (r.ipadapter_path, r.clip_vision_path, r.lora_path)
+        parts.append(f"{arch}: " + ", ".join(f"{path}@{file_version(path)}" for path in files if path))
+    return "\n".join(parts)
 
 
 def resolve_preset(preset_name: str, arch: str | None, *, need_lora: bool = True,

@@ -43,6 +43,7 @@ __all__ = [
     "FaceIDProjModel",
     "FaceIDPlusProjModel",
     "build_projection",
+    "projection_layout",
     "split_tokens",
 ]
 
@@ -472,6 +473,16 @@ def _check_layout(module: nn.Module, sd: Mapping[str, Tensor], kind: str) -> Non
         problems.append(f"unexpected shapes [{'; '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''}]")
     if problems:
         raise ValueError(f"{kind!r} projection: state dict does not fit the inferred layout: " + ", ".join(problems))
+
+
+def projection_layout(kind: str, state_dict: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the ``kind`` projection whose hyperparameters the tensors' shapes give (built on the
+    meta device, nothing allocated). Raises ``ValueError`` when the defining tensors do not fit together."""
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown projection kind {kind!r}; expected one of {PROJECTION_KINDS}")
+    with torch.device("meta"):
+        module = _BUILDERS[kind](state_dict)
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 def build_projection(kind: str, state_dict: Mapping[str, Tensor], *, load_weights: bool = True) -> nn.Module:

@@ -83,6 +83,10 @@ class IPAdapterUnifiedLoaderFaceID:
             "optional": {"ipadapter": ("IPADAPTER", {"tooltip": "Chain from another Unified Loader to share its models."})},
         }
 
+    @classmethod
+    def IS_CHANGED(cls, preset, **_):
+        return presets.preset_version(preset, need_lora=False)
+
     def load_models(self, model, preset, lora_strength, provider, ipadapter=None):
         resolved = presets.resolve_preset(preset, model_arch(model), need_lora=False)
         pipeline = unified.build_pipeline(resolved, ipadapter, faceid_v2=resolved.preset.faceid_v2)

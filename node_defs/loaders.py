@@ -8,7 +8,8 @@ import folder_paths
 from ..ipadapter import insightface_glue
 from ..ipadapter.adapter import load_adapter
 from ..ipadapter.layers import model_arch
-from ..ipadapter.presets import preset_names, resolve_preset
+from ..ipadapter.output_files import file_version
+from ..ipadapter.presets import preset_names, preset_version, resolve_preset
 from ..ipadapter.unified import build_pipeline
 from .registry import node_table
 from .specs import FromSpecs
@@ -28,6 +29,11 @@ class IPAdapterModelLoader:
     def INPUT_TYPES(cls):
         return {"required": {"ipadapter_file": (folder_paths.get_filename_list("ipadapter"), {
             "tooltip": "An IP-Adapter checkpoint in models/ipadapter; its family is read from its tensors."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, ipadapter_file, **_):
+        # Run again when the file is rewritten (ComfyUI would serve the cached adapter otherwise).
+        return file_version(folder_paths.get_full_path("ipadapter", ipadapter_file) or "")
 
     def load_ipadapter_model(self, ipadapter_file):
         return (load_adapter(folder_paths.get_full_path_or_raise("ipadapter", ipadapter_file)),)
@@ -49,6 +55,10 @@ class IPAdapterUnifiedLoader:
             },
             "optional": {"ipadapter": _CHAIN},
         }
+
+    @classmethod
+    def IS_CHANGED(cls, preset, **_):
+        return preset_version(preset)
 
     def load_models(self, model, preset, ipadapter=None):
         resolved = resolve_preset(preset, model_arch(model))

@@ -171,12 +171,16 @@ def test_community_presets(layout, fixture_files):
 # --- reading only headers, cached -----------------------------------------------------------------------
 def test_identification_reads_only_the_header(tmp_path, layout, fixture_files, monkeypatch):
     src = fixture_files.clip_vision["vit-h"]
-    header_len = int.from_bytes(src.read_bytes()[:8], "little")
+    data = src.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    blank = tmp_path / "blank.safetensors"
+    blank.write_bytes(data[: 8 + header_len] + b"\xff" * (len(data) - 8 - header_len))  # tensor data all NaN
+    assert model_files.identify_clip_vision(blank).key == "vit-h"  # the data is never looked at
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(src.read_bytes()[: 8 + header_len])  # no tensor data at all
-    with pytest.raises(Exception):
-        comfy.clip_vision.load(str(cut))  # a real load needs the data...
-    assert model_files.identify_clip_vision(cut).key == "vit-h"  # ...identification does not
+    cut.write_bytes(data[: 8 + header_len])  # but a file cut short (the header promises more) is not taken
+    assert model_files.identify_clip_vision(cut) is None
+    with pytest.raises(checkpoint.CheckpointError, match="cut.safetensors is truncated"):
+        model_files.tensor_shapes(cut)
 
     root = layout({"ipadapter/a.safetensors": adapter_file(fixture_files, "ip-adapter-plus_sd15"),
                    "ipadapter/b.safetensors": adapter_file(fixture_files, "ip-adapter-full-face_sd15"),
