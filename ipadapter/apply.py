@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import dit_patch
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, ModelMismatchError
+from .flux import is_dit
+from .flux import unsupported as unsupported_on_dit
 from .layers import ARCH_NAMES, layer_map, model_arch
 from .tiles import enhance_features, tile_reference
 from .weights import COMPOSITION_LAYERS, Weight, as_frame_weights, find_embeds_scaling, resolve_layer_weights
@@ -27,9 +30,11 @@ def require_non_faceid(adapter: Adapter, node: str = "this node") -> None:
     )
 
 
-def check_model(adapter: Adapter, model) -> None:
+def check_model(adapter: Adapter, model, what: str = "This node") -> None:
     arch = model_arch(model)
     want = adapter.spec.arch
+    if is_dit(want):
+        raise ValueError(unsupported_on_dit(what, adapter.name))
     if arch != want:
         have = ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
         raise ModelMismatchError(
@@ -124,6 +129,10 @@ def apply_adapter(
     gets weight i, otherwise the first value is used, as in the old extension. ``entry_options`` are
     ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
     token_transform)."""
+    if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
+        weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights)
+        entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
+        return dit_patch.apply_dit_entries(model, (entry,), blocks)
     check_model(adapter, model)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
                                     weight_composition, boost, layer_weights)
@@ -217,7 +226,7 @@ def apply_style_composition(
     "cond_alt" (the composition tokens replace the style tokens at the composition layer).
     ``expand_style`` puts the style image on every other layer ("strong style and composition").
     """
-    check_model(adapter, model)
+    check_model(adapter, model, "Style & Composition")
     arch = adapter.spec.arch
     if arch != "sdxl":
         raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {ARCH_NAMES[arch]} adapter: use "
@@ -249,7 +258,7 @@ def apply_tiled(
 ) -> tuple[object, Tensor, Tensor]:
     """IPAdapter Tiled: cut the reference into 256-pixel tiles (see ``tiles.tile_reference``) and apply
     each tile with a mask that covers its own region. Returns (model, tiles, masks)."""
-    check_model(adapter, model)
+    check_model(adapter, model, "IPAdapter Tiled")
     tiles, masks = tile_reference(image, attn_mask, sharpening)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold))
     entries = []

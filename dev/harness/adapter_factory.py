@@ -360,3 +360,51 @@ def write_lora(family: str, path: str | Path, scale: str = "tiny", seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: t.contiguous() for k, t in lora_state_dict(family, scale, seed).items()}, str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# XLabs Flux IP-Adapter (v1 / v2): the released flat key names
+# --------------------------------------------------------------------------------------------------
+def xlabs_flux_spec(version: str = "v1", scale: str = "tiny") -> _Spec:
+    """Shapes of an XLabs Flux IP-Adapter, under the released keys: ``ip_adapter_proj_model.{proj,norm}.*``
+    and ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}``."""
+    from harness.dims import FULL_FLUX, FULL_VIT_L_EMBEDS, TINY_FLUX, XLABS_FLUX_TOKENS
+
+    flux = FULL_FLUX if scale == "full" else TINY_FLUX
+    clip_width = FULL_VIT_L_EMBEDS if scale == "full" else _sizes("tiny").clip["vit-h"].projection_dim
+    tokens = XLABS_FLUX_TOKENS[version]
+    ctx = flux.context_in_dim
+    spec: _Spec = {}
+    _linear(spec, "ip_adapter_proj_model.proj", tokens * ctx, clip_width)
+    _layernorm(spec, "ip_adapter_proj_model.norm", ctx)
+    for n in range(flux.depth):
+        for kv in "kv":
+            _linear(spec, f"double_blocks.{n}.processor.ip_adapter_double_stream_{kv}_proj", flux.hidden_size, ctx)
+    return spec
+
+
+def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """The flat state dict of an XLabs Flux IP-Adapter (``device="meta"`` for the full-size layout)."""
+    name = f"xlabs-flux-{version}"
+    out = {}
+    for key, (shape, init) in xlabs_flux_spec(version, scale).items():
+        if torch.device(device).type == "meta":
+            out[key] = torch.empty(shape, device="meta")
+            continue
+        gen = torch.Generator().manual_seed(_seed_for(name, "flat", key, seed))
+        out[key] = _make(shape, init, gen).to(device)
+    return out
+
+
+def write_xlabs_flux(path: str | Path, version: str = "v1", scale: str = "tiny", seed: int = 0) -> Path:
+    """``.safetensors`` as released, or a ``.bin`` torch.save of the same flat dict (weights_only-loadable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = xlabs_flux_state_dict(version, scale, seed=seed)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: t.contiguous() for k, t in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    return path

@@ -65,3 +65,25 @@ FULL_FACE_EMBED, TINY_FACE_EMBED = 512, 16
 FULL_LORA_RANK, TINY_LORA_RANK = 128, 4
 # Perceiver/Resampler attention heads are always 64 wide (diffusers infers heads = to_q rows // 64).
 RESAMPLER_DIM_HEAD = 64
+
+
+@dataclass(frozen=True)
+class FluxDims:
+    """Widths a Flux transformer exposes to an IP-Adapter, and its block counts (ComfyUI's FluxParams names)."""
+
+    hidden_size: int
+    num_heads: int
+    depth: int  # double blocks (the XLabs IP-Adapter patches each)
+    depth_single_blocks: int
+    context_in_dim: int  # T5 width: the IP tokens' width
+    vec_in_dim: int  # pooled CLIP-L width
+
+
+FULL_FLUX = FluxDims(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, context_in_dim=4096, vec_in_dim=768)
+# 128-wide heads (Flux's RoPE axes 16+56+56), few blocks; the T5 width stays 4096 so the released
+# 4- and 16-token projections keep their exact row counts (diffusers tells v1 from v2 by 65536 rows).
+TINY_FLUX = FluxDims(hidden_size=256, num_heads=2, depth=3, depth_single_blocks=2, context_in_dim=4096, vec_in_dim=32)
+# XLabs Flux IP-Adapter versions: image tokens. v1 and v2 read CLIP ViT-L/14 image_embeds (768 wide, 224 px);
+# the tiny stand-in is the tiny ViT-H (224 px, its image_embeds width).
+XLABS_FLUX_TOKENS = {"v1": 4, "v2": 16}
+FULL_VIT_L_EMBEDS = 768

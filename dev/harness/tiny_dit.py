@@ -1,0 +1,91 @@
+"""Tiny Flux transformers built through ComfyUI's own classes (``supported_models.Flux`` -> ``model_base.Flux``
+-> ``comfy.ldm.flux.model.Flux``), and the same weights in diffusers' ``FluxTransformer2DModel`` (the oracle),
+converted with ComfyUI's own key map (``comfy.utils.flux_to_diffusers``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+import comfy.ldm.flux.model
+import comfy.model_patcher
+import comfy.supported_models
+import comfy.utils
+
+from harness.dims import TINY_FLUX, FluxDims
+from harness.tiny_models import init_module
+
+
+def flux_unet_config(dims: FluxDims = TINY_FLUX) -> dict:
+    config = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=dims.vec_in_dim,
+                  context_in_dim=dims.context_in_dim, hidden_size=dims.hidden_size, mlp_ratio=4.0,
+                  num_heads=dims.num_heads, depth=dims.depth, depth_single_blocks=dims.depth_single_blocks,
+                  axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True)
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    if "txt_ids_dims" in fields:  # newer ComfyUI: required, [] for Flux.1
+        config["txt_ids_dims"] = []
+    return config
+
+
+def build_flux(seed: int = 0, dims: FluxDims = TINY_FLUX) -> comfy.model_patcher.ModelPatcher:
+    """A tiny Flux MODEL (ComfyUI's classes), fp32 on CPU, seeded; RMSNorm scales near 1."""
+    cfg = comfy.supported_models.Flux(flux_unet_config(dims))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = cfg.get_model({}, device=torch.device("cpu"))
+    init_module(model.diffusion_model, seed)
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            if name.endswith("_norm.scale") or name.endswith("_norm.weight"):
+                p.fill_(1.0).add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def diffusers_flux(patcher, dims: FluxDims = TINY_FLUX):
+    """diffusers' FluxTransformer2DModel holding the ComfyUI model's weights."""
+    from diffusers import FluxTransformer2DModel
+
+    sd = patcher.model.diffusion_model.state_dict()
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=dims.depth, num_single_layers=dims.depth_single_blocks,
+        attention_head_dim=dims.hidden_size // dims.num_heads, num_attention_heads=dims.num_heads,
+        joint_attention_dim=dims.context_in_dim, pooled_projection_dim=dims.vec_in_dim, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56))
+    key_map = comfy.utils.flux_to_diffusers(flux_unet_config(dims))
+    out = {}
+    for target in model.state_dict():
+        source = key_map[target]
+        if isinstance(source, str):
+            out[target] = _get(sd, source)
+            continue
+        name, sl = source[0], source[1]
+        t = _get(sd, name)
+        if sl is not None:
+            dim, start, length = sl
+            t = t.narrow(dim, start, length)
+        if len(source) > 2:
+            t = source[2](t)
+        out[target] = t
+    model.load_state_dict(out, strict=True)
+    return model.eval()
+
+
+def _get(sd: dict, key: str) -> torch.Tensor:
+    if key in sd:
+        return sd[key]
+    alt = key[: -len(".scale")] + ".weight" if key.endswith(".scale") else key
+    return sd[alt]  # newer ComfyUI names RMSNorm scales ".weight"
+
+
+def packed_inputs(batch: int = 2, h: int = 4, w: int = 6, txt: int = 5, seed: int = 0, dims: FluxDims = TINY_FLUX):
+    """Packed Flux inputs: img [B, h*w, 64], img_ids [h*w, 3], txt [B, txt, ctx], txt_ids, y, t, guidance."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(batch, h * w, 64, generator=g)
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return dict(img=img, img_ids=ids.reshape(-1, 3), txt=torch.randn(batch, txt, dims.context_in_dim, generator=g),
+                txt_ids=torch.zeros(txt, 3), y=torch.randn(batch, dims.vec_in_dim, generator=g),
+                t=torch.tensor([0.7] * batch), guidance=torch.tensor([3.5] * batch))
