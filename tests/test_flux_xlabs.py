@@ -266,3 +266,14 @@ def test_wrong_encoder_is_named():
     adapter = xlabs_adapter("v1")
     with pytest.raises(errors.EncoderMismatchError, match="image_embeds width 32"):
         check_encoder(adapter.spec, tiny_models.build_clip_vision("vit-g"), adapter.name)
+
+
+def test_batch_unfold_gives_latent_i_image_i(flux_model, inputs):
+    adapter = xlabs_adapter("v1")
+    both = torch.cat([image_embeds(5), image_embeds(6)])
+    batch = comfy_forward(apply.apply_adapter(flux_model, adapter, apply.Embeds(both, torch.zeros_like(both)),
+                                              unfold=True), inputs)
+    for i, seed in enumerate((5, 6)):
+        single = comfy_forward(apply.apply_adapter(flux_model, adapter, embeds_of(seed)), inputs)
+        assert torch.allclose(batch[i], single[i], atol=1e-5, rtol=0)
+    assert (batch[0] - batch[1]).abs().max() > MIN_EFFECT

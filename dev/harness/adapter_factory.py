@@ -365,12 +365,13 @@ def write_lora(family: str, path: str | Path, scale: str = "tiny", seed: int = 0
 # --------------------------------------------------------------------------------------------------
 # XLabs Flux IP-Adapter (v1 / v2): the released flat key names
 # --------------------------------------------------------------------------------------------------
-def xlabs_flux_spec(version: str = "v1", scale: str = "tiny") -> _Spec:
+def xlabs_flux_spec(version: str = "v1", scale: str = "tiny", dims=None) -> _Spec:
     """Shapes of an XLabs Flux IP-Adapter, under the released keys: ``ip_adapter_proj_model.{proj,norm}.*``
-    and ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}``."""
+    and ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}``. ``dims`` (a
+    ``harness.dims.FluxDims``) overrides the Flux widths of ``scale``."""
     from harness.dims import FULL_FLUX, FULL_VIT_L_EMBEDS, TINY_FLUX, XLABS_FLUX_TOKENS
 
-    flux = FULL_FLUX if scale == "full" else TINY_FLUX
+    flux = dims or (FULL_FLUX if scale == "full" else TINY_FLUX)
     clip_width = FULL_VIT_L_EMBEDS if scale == "full" else _sizes("tiny").clip["vit-h"].projection_dim
     tokens = XLABS_FLUX_TOKENS[version]
     ctx = flux.context_in_dim
@@ -383,11 +384,12 @@ def xlabs_flux_spec(version: str = "v1", scale: str = "tiny") -> _Spec:
     return spec
 
 
-def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu", seed: int = 0,
+                          dims=None) -> dict[str, torch.Tensor]:
     """The flat state dict of an XLabs Flux IP-Adapter (``device="meta"`` for the full-size layout)."""
     name = f"xlabs-flux-{version}"
     out = {}
-    for key, (shape, init) in xlabs_flux_spec(version, scale).items():
+    for key, (shape, init) in xlabs_flux_spec(version, scale, dims).items():
         if torch.device(device).type == "meta":
             out[key] = torch.empty(shape, device="meta")
             continue
@@ -396,11 +398,11 @@ def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu"
     return out
 
 
-def write_xlabs_flux(path: str | Path, version: str = "v1", scale: str = "tiny", seed: int = 0) -> Path:
+def write_xlabs_flux(path: str | Path, version: str = "v1", scale: str = "tiny", seed: int = 0, dims=None) -> Path:
     """``.safetensors`` as released, or a ``.bin`` torch.save of the same flat dict (weights_only-loadable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = xlabs_flux_state_dict(version, scale, seed=seed)
+    sd = xlabs_flux_state_dict(version, scale, seed=seed, dims=dims)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 

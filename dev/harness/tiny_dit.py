@@ -89,3 +89,34 @@ def packed_inputs(batch: int = 2, h: int = 4, w: int = 6, txt: int = 5, seed: in
     return dict(img=img, img_ids=ids.reshape(-1, 3), txt=torch.randn(batch, txt, dims.context_in_dim, generator=g),
                 txt_ids=torch.zeros(txt, 3), y=torch.randn(batch, dims.vec_in_dim, generator=g),
                 t=torch.tensor([0.7] * batch), guidance=torch.tensor([3.5] * batch))
+
+
+# --------------------------------------------------------------------------------------------------
+# A tiny Flux *file* that ComfyUI's loaders load (UNETLoader), for headless workflows
+# --------------------------------------------------------------------------------------------------
+# Its text width is the tiny SD1.5 CLIP's (64), so the tiny checkpoint's CLIPTextEncode conditions it.
+TINY_FLUX_WORKFLOW = FluxDims(hidden_size=256, num_heads=2, depth=3, depth_single_blocks=2, context_in_dim=64,
+                              vec_in_dim=32)
+TINY_FLUX_FILE = "tiny_flux.safetensors"
+
+
+class TinyFlux(comfy.supported_models.Flux):
+    """ComfyUI's Flux config for the tiny file: ComfyUI's detection reads the widths and block counts from
+    the tensors, but fixes the head count for Flux.1 (24 on 0.3.75); the tiny model has 2 heads of 128."""
+
+    unet_config = {"image_model": "flux", "guidance_embed": True, "hidden_size": TINY_FLUX_WORKFLOW.hidden_size}
+    unet_extra_config = {"num_heads": TINY_FLUX_WORKFLOW.num_heads}
+
+
+def register_tiny_flux() -> None:
+    """Put TinyFlux in front of ComfyUI's model list (idempotent)."""
+    models = comfy.supported_models.models
+    while TinyFlux in models:
+        models.remove(TinyFlux)
+    models.insert(0, TinyFlux)
+
+
+def flux_file_state_dict(seed: int = 0, dims: FluxDims = TINY_FLUX_WORKFLOW) -> dict[str, torch.Tensor]:
+    """The tiny model's tensors under the released Flux key names (RMSNorm scales as ``.scale``)."""
+    sd = build_flux(seed, dims).model.diffusion_model.state_dict()
+    return {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v.contiguous() for k, v in sd.items()}
