@@ -328,6 +328,38 @@ def faceid() -> Workflow:
     return g.wf
 
 
+FLUX_DEV = "flux1-dev.safetensors"
+FLUX_XLABS = "flux-ip-adapter-v2.safetensors"
+VIT_L = "clip_vision_l.safetensors"
+
+
+def flux_xlabs() -> Workflow:
+    # tests/test_flux_workflow.py runs this file on the tiny Flux fixture (it swaps the text encoders and VAE).
+    wf = Workflow("Image prompt on Flux.1-dev with XLabs' IP-Adapter v2 (flux-ip-adapter-v2.safetensors in "
+                  "models/ipadapter) and the CLIP ViT-L/14 encoder (clip_vision_l.safetensors in models/clip_vision). "
+                  "IPAdapter Advanced patches Flux's 19 double blocks; weight types: linear or the ease curves, "
+                  "per-block weights with IPAdapter Mad Scientist. "
+                  f"Put {REFERENCE} in ComfyUI's input folder.")
+    unet = wf.node("UNETLoader", unet_name=FLUX_DEV, weight_dtype="default")
+    clip = wf.node("DualCLIPLoader", clip_name1="t5xxl_fp16.safetensors", clip_name2="clip_l.safetensors", type="flux")
+    ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=FLUX_XLABS)
+    clip_vision = wf.node("CLIPVisionLoader", clip_name=VIT_L)
+    image = wf.node("LoadImage", image=REFERENCE)
+    model = wf.node("IPAdapterAdvanced", model=unet.out(), ipadapter=ipadapter.out(), image=image.out("IMAGE"),
+                    clip_vision=clip_vision.out(), **common(weight=0.7))
+    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
+    guided = wf.node("FluxGuidance", conditioning=positive.out(), guidance=3.5)
+    negative = wf.node("CLIPTextEncode", text="", clip=clip.out())
+    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    sampled = wf.node("KSampler", model=model.out(), positive=guided.out(), negative=negative.out(),
+                      latent_image=latent.out(), seed=42, steps=20, cfg=1.0, sampler_name="euler",
+                      scheduler="simple", denoise=1.0)
+    vae = wf.node("VAELoader", vae_name="ae.safetensors")
+    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=vae.out())
+    wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_flux_xlabs")
+    return wf
+
+
 WORKFLOWS = {
     "ipadapter_simple": simple,
     "ipadapter_advanced": advanced,
@@ -343,6 +375,7 @@ WORKFLOWS = {
     "ipadapter_embeds_save": embeds_save,
     "ipadapter_embeds_load": embeds_load,
     "ipadapter_faceid": faceid,
+    "ipadapter_flux_xlabs": flux_xlabs,
 }
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import folder_paths
+import nodes
 
-from harness import adapter_factory, executor, tiny_dit
+from harness import adapter_factory, executor, tiny_dit, workflow
 
 REFERENCE = "flux_reference.png"
 ADAPTER = "flux-ip-adapter-tiny.safetensors"
@@ -27,10 +28,7 @@ VIT_G = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
 
 @pytest.fixture(scope="module", autouse=True)
 def flux_files(models_dir, torch_single_thread):
-    tiny_dit.register_tiny_flux()
-    unet = models_dir / "diffusion_models" / tiny_dit.TINY_FLUX_FILE
-    unet.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_dit.flux_file_state_dict(seed=2), str(unet))
+    tiny_dit.install_flux_fixtures(models_dir)
     adapter_factory.write_xlabs_flux(models_dir / "ipadapter" / ADAPTER, "v1", seed=4, dims=tiny_dit.TINY_FLUX_WORKFLOW)
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(
@@ -70,9 +68,9 @@ def flux_graph(prefix: str, apply: dict | None = None, seed: int = 5) -> dict:
     return prompt
 
 
-def latent_of(result) -> torch.Tensor:
+def latent_of(result, node: str = "7") -> torch.Tensor:
     result.raise_for_error()
-    (saved,) = result.outputs["7"]["latents"]
+    (saved,) = result.outputs[node]["latents"]
     path = Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
     return load_file(str(path))["latent_tensor"]
 
@@ -128,3 +126,18 @@ def test_flux_adapter_on_an_sd15_model_is_refused():
     prompt["5"]["inputs"]["model"] = ["13", 0]
     result = executor.run_prompt(prompt)
     assert not result.success and "is a Flux IP-Adapter" in result.error["exception_message"]
+
+
+def test_the_example_workflow_runs_on_the_fixtures_and_its_adapter_acts():
+    path = Path(__file__).resolve().parent.parent / "example_workflows" / "ipadapter_flux_xlabs.json"
+    prompt = tiny_dit.tiny_flux_prompt(workflow.to_api(workflow.load(path), nodes.NODE_CLASS_MAPPINGS))
+    for node in prompt.values():  # the example names the user's reference image
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = REFERENCE
+    (apply_id,) = [i for i, n in prompt.items() if n["class_type"] == "IPAdapterAdvanced"]
+    (save_id,) = [i for i, n in prompt.items() if n["class_type"] == "SaveLatent"]
+    with_adapter = latent_of(executor.run_prompt(prompt), save_id)
+    prompt[apply_id]["inputs"]["weight"] = 0.0
+    without = latent_of(executor.run_prompt(prompt), save_id)
+    assert with_adapter.shape == (1, 16, 8, 8)
+    assert (with_adapter - without).abs().mean() > 1e-3

@@ -120,3 +120,74 @@ def flux_file_state_dict(seed: int = 0, dims: FluxDims = TINY_FLUX_WORKFLOW) -> 
     """The tiny model's tensors under the released Flux key names (RMSNorm scales as ``.scale``)."""
     sd = build_flux(seed, dims).model.diffusion_model.state_dict()
     return {(k[: -len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v.contiguous() for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The Flux example workflow on the fixtures
+# --------------------------------------------------------------------------------------------------
+# Canonical download names the example uses -> what stands in for them in the fixture tree.
+FLUX_CANONICAL = {"diffusion_models": "flux1-dev.safetensors", "ipadapter": "flux-ip-adapter-v2.safetensors",
+                  "clip_vision": "clip_vision_l.safetensors"}
+# Files the example names but the run replaces (placeholders, so the frontend-style validation passes).
+FLUX_PLACEHOLDERS = (("text_encoders", "t5xxl_fp16.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                     ("vae", "ae.safetensors"))
+
+
+def install_flux_fixtures(models_dir) -> None:
+    """Write the tiny Flux (as ``tiny_flux.safetensors`` and under the example's name), the tiny XLabs v2
+    file, ViT-L's name for the tiny 224-px encoder, and placeholders; register TinyFlux. Idempotent."""
+    import os
+    from pathlib import Path
+
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from harness import adapter_factory
+
+    register_tiny_flux()
+    models_dir = Path(models_dir)
+    unet = models_dir / "diffusion_models" / TINY_FLUX_FILE
+    if not unet.exists():
+        unet.parent.mkdir(parents=True, exist_ok=True)
+        save_file(flux_file_state_dict(seed=2), str(unet))
+    targets = {
+        "diffusion_models": unet,
+        "ipadapter": adapter_factory.write_xlabs_flux(models_dir / "ipadapter" / "flux-ip-adapter-v2-tiny.safetensors",
+                                                      "v2", seed=4, dims=TINY_FLUX_WORKFLOW),
+        "clip_vision": models_dir / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+    }
+    for folder, name in FLUX_CANONICAL.items():
+        link = models_dir / folder / name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(targets[folder], link)
+    for folder, name in FLUX_PLACEHOLDERS:
+        path = models_dir / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    for folder in (*FLUX_CANONICAL, "text_encoders", "vae"):
+        folder_paths.filename_list_cache.pop(folder, None)
+
+
+def tiny_flux_prompt(prompt: dict, text_checkpoint: str = "tiny_sd15.safetensors", size: int = 64) -> dict:
+    """An API prompt of the Flux example, rewired for the fixtures: the tiny SD1.5 checkpoint's CLIP
+    replaces DualCLIPLoader, SaveLatent replaces VAE Decode + Save Image (no tiny Flux VAE), 64 px."""
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "DualCLIPLoader":
+            prompt[node_id] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": text_checkpoint}}
+            for other in prompt.values():  # its CLIP output is slot 0; the checkpoint's is slot 1
+                for name, value in other["inputs"].items():
+                    if isinstance(value, list) and value == [node_id, 0]:
+                        other["inputs"][name] = [node_id, 1]
+        elif kind == "EmptySD3LatentImage":
+            inputs.update(width=size, height=size)
+        elif kind == "KSampler":
+            inputs["steps"] = min(inputs["steps"], 2)
+        elif kind == "VAEDecode":
+            prompt[node_id] = {"class_type": "SaveLatent",
+                               "inputs": {"samples": inputs["samples"], "filename_prefix": "flux/example"}}
+    for node_id in [i for i, n in prompt.items() if n["class_type"] in ("VAELoader", "SaveImage")]:
+        del prompt[node_id]
+    return prompt
