@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from . import flux
+from . import flux, sd3
 from .detect import detect
 from .encoders import known_widths
 from .families import AdapterSpec
@@ -138,11 +138,15 @@ def _assemble(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, d
     def cast(t: Tensor) -> Tensor:
         return t if dtype is None else t.to(dtype)
 
-    projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
     ip_sd = sections["ip_adapter"]
-    if flux.is_dit(spec.arch):
+    if spec.arch == sd3.ARCH:
+        projection = sd3.build_resampler({k: cast(v) for k, v in sections["image_proj"].items()})
+        layers = sd3.build_layers(ip_sd, cast)
+    elif flux.is_dit(spec.arch):
+        projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
         layers = flux.build_layers(ip_sd, cast)
     else:
+        projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
         layers = nn.ModuleDict()
         with torch.device("meta"):
             for key in sorted((k for k in ip_sd if k.endswith(".to_k_ip.weight")), key=lambda k: int(k.split(".")[0])):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import dit_patch
+from . import dit_patch, sd3_patch
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
@@ -34,7 +34,7 @@ def check_model(adapter: Adapter, model, what: str = "This node") -> None:
     arch = model_arch(model)
     want = adapter.spec.arch
     if is_dit(want):
-        raise ValueError(unsupported_on_dit(what, adapter.name))
+        raise ValueError(unsupported_on_dit(what, adapter.name, want))
     if arch != want:
         have = ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
         raise ModelMismatchError(
@@ -129,6 +129,9 @@ def apply_adapter(
     gets weight i, otherwise the first value is used, as in the old extension. ``entry_options`` are
     ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
     token_transform)."""
+    if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
+        return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
+                                           layer_weights=layer_weights, unfold=unfold, **entry_options)
     if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
         weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights)
         entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)

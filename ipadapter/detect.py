@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import flux
+from . import flux, sd3
 from .encoders import FULL_WIDTHS, KnownWidths
 from .errors import UnknownAdapterError
 from .families import FAMILIES, MATCH_FIELDS, AdapterSpec, EncoderRequirement, Family
@@ -197,6 +197,8 @@ def detect(state_dicts: Mapping, source: str | None = None, *, widths: KnownWidt
         check_sections(state_dicts, {"image_proj": dict(p), "ip_adapter": dict(ip)}, where)
     if flux.is_xlabs(ip):  # a Flux DiT adapter: its own layout (ipadapter/flux.py)
         return flux.detect_xlabs(p, ip, where, widths)
+    if sd3.is_instantx_sd3(ip):  # InstantX SD3.5 (ipadapter/sd3.py)
+        return sd3.detect_sd3(p, ip, where)
 
     layers = _read_layers(ip, where)
     proj = _projection_of(p, where)

@@ -26,8 +26,9 @@ from .weights import LayerWeight, Weight, find_weight_type, parse_layer_weights
 
 ARCH = "flux"
 ARCH_NAME = "Flux"
-DIT_ARCH_NAMES = {ARCH: ARCH_NAME}  # architectures patched per DiT block (not through attn2)
+DIT_ARCH_NAMES = {ARCH: ARCH_NAME, "sd3": "SD3.5"}  # architectures patched per DiT block (not through attn2)
 FLUX_DOUBLE_BLOCKS = 19  # Flux.1 dev / schnell
+DIT_BLOCKS = {ARCH: FLUX_DOUBLE_BLOCKS, "sd3": 38}  # patched blocks of the released models (SD3.5 Large)
 
 # The encoder XLabs trained with (openai/clip-vit-large-patch14, 224 px); ComfyUI: clip_vision_l.safetensors.
 VIT_L = KnownEncoder("vit-l", "CLIP ViT-L/14", hidden_size=1024, projection_dim=768, image_size=224)
@@ -154,13 +155,14 @@ def block_sites(count: int) -> tuple[LayerSite, ...]:
 DIT_WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out")
 
 
-def unsupported(what: str, adapter_name: str) -> str:
-    return (f"{what} is not available for {adapter_name} ({ARCH_NAME} IP-Adapter): it is defined on SD1.5/SDXL "
-            f"UNet layers. On {ARCH_NAME} use IPAdapter, IPAdapter Advanced, Batch, Embeds or Mad Scientist.")
+def unsupported(what: str, adapter_name: str, arch: str = ARCH) -> str:
+    name = DIT_ARCH_NAMES[arch]
+    return (f"{what} is not available for {adapter_name} ({name} IP-Adapter): it is defined on SD1.5/SDXL "
+            f"UNet layers. On {name} use IPAdapter, IPAdapter Advanced, Batch, Embeds or Mad Scientist.")
 
 
 def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight: Weight,
-                          layer_weights: Mapping[int, float] | None = None) -> dict:
+                          layer_weights: Mapping[int, float] | None = None, arch_name: str = ARCH_NAME) -> dict:
     """site key -> LayerWeight for the blocks with a non-zero weight.
 
     ``layer_weights`` (Mad Scientist) names blocks by index, multiplied by ``weight``; others get 0.
@@ -171,13 +173,13 @@ def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight
     if layer_weights is not None:
         for n in layer_weights:
             if not 0 <= n < len(sites):
-                raise ValueError(f"block index {n} is out of range: this {ARCH_NAME} model has double blocks 0-{len(sites) - 1}")
+                raise ValueError(f"block index {n} is out of range: this {arch_name} model has blocks 0-{len(sites) - 1}")
         per = {s.key: layer_weights.get(s.ckpt_index, 0.0) * weight for s in sites if layer_weights.get(s.ckpt_index, 0.0)}
     else:
         if weight_type not in DIT_WEIGHT_TYPES:
             find_weight_type(weight_type)  # an unknown name gets the usual message
-            raise ValueError(f"weight_type {weight_type!r} is a UNet layer map and has no {ARCH_NAME} equivalent; "
-                             f"on {ARCH_NAME} choose one of {', '.join(DIT_WEIGHT_TYPES)}, or give per-block weights "
+            raise ValueError(f"weight_type {weight_type!r} is a UNet layer map and has no {arch_name} equivalent; "
+                             f"on {arch_name} choose one of {', '.join(DIT_WEIGHT_TYPES)}, or give per-block weights "
                              f"with IPAdapter Mad Scientist (layer_weights such as 'double_0:1, double_10:0.5').")
         curve = find_weight_type(weight_type).curve
         per = {s.key: weight * curve(s.ckpt_index, len(sites), "double") for s in sites}
@@ -221,7 +223,7 @@ def parse_block_weights(text: str, count: int = FLUX_DOUBLE_BLOCKS) -> dict[int,
 
 def parse_any_layer_weights(text: str, arch: str) -> dict:
     """Mad Scientist ``layer_weights`` for any architecture: double-block keys on DiT models."""
-    return parse_block_weights(text) if is_dit(arch) else parse_layer_weights(text, arch)
+    return parse_block_weights(text, DIT_BLOCKS[arch]) if is_dit(arch) else parse_layer_weights(text, arch)
 
 
 def token_grid_for(seq_len: int, mask_hw: tuple[int, int]) -> tuple[int, int]:

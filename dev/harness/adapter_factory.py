@@ -292,18 +292,7 @@ def adapter_state_dict(family: str, scale: str = "tiny", device="cpu", seed: int
     f = layout(family)
     s = _sizes(scale)
     specs = {"image_proj": _image_proj_spec(f, s), "ip_adapter": _ip_adapter_spec(f, s, scale)}
-    meta = torch.device(device).type == "meta"
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for section, spec in specs.items():
-        tensors = {}
-        for key, (shape, init) in spec.items():
-            if meta:
-                tensors[key] = torch.empty(shape, dtype=dtype, device="meta")
-                continue
-            gen = torch.Generator().manual_seed(_seed_for(family, section, key, seed))
-            tensors[key] = _make(shape, init, gen).to(dtype=dtype, device=device)
-        out[section] = tensors
-    return out
+    return {section: _tensors(spec, family, section, device, seed, dtype) for section, spec in specs.items()}
 
 
 def write_checkpoint(family: str, path: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
@@ -387,14 +376,19 @@ def xlabs_flux_spec(version: str = "v1", scale: str = "tiny", dims=None) -> _Spe
 def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu", seed: int = 0,
                           dims=None) -> dict[str, torch.Tensor]:
     """The flat state dict of an XLabs Flux IP-Adapter (``device="meta"`` for the full-size layout)."""
-    name = f"xlabs-flux-{version}"
+    return _tensors(xlabs_flux_spec(version, scale, dims), f"xlabs-flux-{version}", "flat", device, seed)
+
+
+def _tensors(spec: _Spec, family: str, section: str, device, seed: int, dtype: torch.dtype = torch.float32):
+    """The tensors of ``spec``: empty on the meta device, else seeded per (family, section, key, seed)."""
+    meta = torch.device(device).type == "meta"
     out = {}
-    for key, (shape, init) in xlabs_flux_spec(version, scale, dims).items():
-        if torch.device(device).type == "meta":
-            out[key] = torch.empty(shape, device="meta")
+    for key, (shape, init) in spec.items():
+        if meta:
+            out[key] = torch.empty(shape, dtype=dtype, device="meta")
             continue
-        gen = torch.Generator().manual_seed(_seed_for(name, "flat", key, seed))
-        out[key] = _make(shape, init, gen).to(device)
+        gen = torch.Generator().manual_seed(_seed_for(family, section, key, seed))
+        out[key] = _make(shape, init, gen).to(dtype=dtype, device=device)
     return out
 
 
@@ -410,3 +404,33 @@ def write_xlabs_flux(path: str | Path, version: str = "v1", scale: str = "tiny",
     else:
         torch.save(sd, path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# InstantX SD3.5-Large IP-Adapter (ip-adapter.bin): the released section and key names
+# --------------------------------------------------------------------------------------------------
+def instantx_sd35_spec(scale: str = "tiny") -> dict[str, _Spec]:
+    from harness.dims import FULL_SD35_LARGE, TINY_SD35
+
+    d = FULL_SD35_LARGE if scale == "full" else TINY_SD35
+    r, h = d.resampler_dim, d.hidden_size
+    proj: _Spec = {}  # a Resampler (the same keys as IP-Adapter Plus's) plus timestep conditioning
+    _perceiver(proj, "", r, d.resampler_heads, d.siglip_width, h, queries=d.queries)
+    _linear(proj, "time_embedding.linear_1", r, d.timestep_in_dim)
+    _linear(proj, "time_embedding.linear_2", r, r)
+    for i in range(RESAMPLER_DEPTH):
+        _linear(proj, f"layers.{i}.2.1", 4 * r, r)  # adaptive LayerNorm shifts and scales
+    ip: _Spec = {}
+    for n in range(d.depth):
+        _linear(ip, f"{n}.norm_ip.linear", 2 * h, r)
+        _linear(ip, f"{n}.to_k_ip", h, h, bias=False)
+        _linear(ip, f"{n}.to_v_ip", h, h, bias=False)
+        for norm in ("norm_q", "norm_k", "norm_ip_k"):
+            ip[f"{n}.{norm}.weight"] = ((RESAMPLER_DIM_HEAD,), "ln_w")
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def instantx_sd35_state_dict(scale: str = "tiny", device="cpu", seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_proj": {...}, "ip_adapter": {...}}`` as in InstantX's ip-adapter.bin (``device="meta"``: full size)."""
+    return {section: _tensors(spec, "instantx-sd35", section, device, seed)
+            for section, spec in instantx_sd35_spec(scale).items()}

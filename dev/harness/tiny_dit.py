@@ -30,17 +30,40 @@ def flux_unet_config(dims: FluxDims = TINY_FLUX) -> dict:
 
 def build_flux(seed: int = 0, dims: FluxDims = TINY_FLUX) -> comfy.model_patcher.ModelPatcher:
     """A tiny Flux MODEL (ComfyUI's classes), fp32 on CPU, seeded; RMSNorm scales near 1."""
-    cfg = comfy.supported_models.Flux(flux_unet_config(dims))
+    return build_from_config(comfy.supported_models.Flux(flux_unet_config(dims)), seed,
+                             lambda name: name.endswith("_norm.scale") or name.endswith("_norm.weight"))
+
+
+def build_from_config(cfg, seed: int, is_rms_scale) -> comfy.model_patcher.ModelPatcher:
+    """ComfyUI's model for a supported-models config, fp32 on CPU, seeded (RMSNorm scales near 1, not near 0)."""
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({}, device=torch.device("cpu"))
     init_module(model.diffusion_model, seed)
     with torch.no_grad():
         for name, p in model.diffusion_model.named_parameters():
-            if name.endswith("_norm.scale") or name.endswith("_norm.weight"):
+            if is_rms_scale(name):
                 p.fill_(1.0).add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
     model.eval()
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def convert_state_dict(sd: dict, key_map: dict, targets, get=None) -> dict:
+    """A diffusers state dict from ComfyUI's ``sd`` through one of ComfyUI's ``*_to_diffusers`` key maps
+    (a value is a key, or (key, (dim, start, length) or None[, transform]))."""
+    get = get or (lambda k: sd[k])
+    out = {}
+    for target in targets:
+        source = key_map[target]
+        if isinstance(source, str):
+            out[target] = get(source)
+            continue
+        t = get(source[0])
+        if source[1] is not None:
+            dim, start, length = source[1]
+            t = t.narrow(dim, start, length)
+        out[target] = source[2](t) if len(source) > 2 else t
+    return out
 
 
 def diffusers_flux(patcher, dims: FluxDims = TINY_FLUX):
@@ -54,20 +77,7 @@ def diffusers_flux(patcher, dims: FluxDims = TINY_FLUX):
         joint_attention_dim=dims.context_in_dim, pooled_projection_dim=dims.vec_in_dim, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56))
     key_map = comfy.utils.flux_to_diffusers(flux_unet_config(dims))
-    out = {}
-    for target in model.state_dict():
-        source = key_map[target]
-        if isinstance(source, str):
-            out[target] = _get(sd, source)
-            continue
-        name, sl = source[0], source[1]
-        t = _get(sd, name)
-        if sl is not None:
-            dim, start, length = sl
-            t = t.narrow(dim, start, length)
-        if len(source) > 2:
-            t = source[2](t)
-        out[target] = t
+    out = convert_state_dict(sd, key_map, model.state_dict(), lambda k: _get(sd, k))
     model.load_state_dict(out, strict=True)
     return model.eval()
 
