@@ -112,5 +112,5 @@ class SD3Dims:
 FULL_SD35_LARGE = SD3Dims(depth=38, context_dim=4096, pooled_dim=2048, siglip_width=1152, siglip_tokens=729,
                           resampler_dim=1280, resampler_heads=20, resampler_depth=4, queries=64)
 # Resampler depth 4 as released: diffusers' SD3 loader assumes it.
-TINY_SD35 = SD3Dims(depth=4, context_dim=64, pooled_dim=32, siglip_width=48, siglip_tokens=10, resampler_dim=128,
+TINY_SD35 = SD3Dims(depth=4, context_dim=64, pooled_dim=64, siglip_width=48, siglip_tokens=10, resampler_dim=128,
                     resampler_heads=2, resampler_depth=4, queries=8, timestep_in_dim=32)

@@ -40,3 +40,39 @@ def diffusers_sd3(patcher, dims: SD3Dims = TINY_SD35):
     out = convert_state_dict(sd, comfy.utils.mmdit_to_diffusers(sd3_unet_config(dims)), model.state_dict())
     model.load_state_dict(out, strict=True)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Files for headless workflows: the tiny MMDiT (text width 64 and pooled width 64: the tiny SD1.5 CLIP's),
+# the synthetic InstantX adapter, and SigLIP-shaped features as .ipadpt embeds
+# --------------------------------------------------------------------------------------------------
+TINY_SD3_FILE = "tiny_sd35.safetensors"
+TINY_SD3_ADAPTER = "sd35-ip-adapter-tiny.bin"
+TINY_SD3_EMBEDS = ("sd35_reference.ipadpt", "sd35_negative.ipadpt")  # features of a reference, zeros
+
+
+def install_sd3_fixtures(models_dir, input_dir) -> None:
+    """Write the files once per folder (idempotent)."""
+    from pathlib import Path
+
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from harness import adapter_factory
+    from ipadapter_next.ipadapter.embeds_file import save_embeds
+
+    models_dir, input_dir = Path(models_dir), Path(input_dir)
+    unet = models_dir / "diffusion_models" / TINY_SD3_FILE
+    if not unet.exists():
+        unet.parent.mkdir(parents=True, exist_ok=True)
+        sd = build_sd3(seed=1).model.diffusion_model.state_dict()
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(unet))
+    adapter = models_dir / "ipadapter" / TINY_SD3_ADAPTER
+    if not adapter.exists():
+        adapter.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(adapter_factory.instantx_sd35_state_dict(seed=0), adapter)
+    feats = torch.randn(1, TINY_SD35.siglip_tokens, TINY_SD35.siglip_width, generator=torch.Generator().manual_seed(3))
+    save_embeds(feats, input_dir / TINY_SD3_EMBEDS[0])
+    save_embeds(torch.zeros_like(feats), input_dir / TINY_SD3_EMBEDS[1])
+    for folder in ("diffusion_models", "ipadapter"):
+        folder_paths.filename_list_cache.pop(folder, None)
