@@ -75,6 +75,7 @@ EXPECTED = {
     "ipadapter_faceid.json": Expect({"ipadapter_faceid": 1}, previews=1),
     # Runs with SaveLatent in place of VAE Decode + Save Image (no tiny Flux VAE): see harness.tiny_dit.
     "ipadapter_flux_xlabs.json": Expect(latents=1),
+    "ipadapter_sd35_instantx.json": Expect(latents=1),  # SaveLatent too: see harness.tiny_sd3
 }
 # Combo inputs whose canonical value is not in the fixture tree: the run swaps it for a tiny stand-in.
 SWAPPED = {("CheckpointLoaderSimple", "ckpt_name"): set(workflow.TINY_CHECKPOINTS)}
@@ -293,6 +294,10 @@ def prepare(name: str, request) -> None:
         from harness import tiny_dit
 
         tiny_dit.install_flux_fixtures(request.getfixturevalue("models_dir"))
+    if name == "ipadapter_sd35_instantx.json":
+        from harness import tiny_sd3
+
+        tiny_sd3.install_sd3_example_fixtures(request.getfixturevalue("models_dir"), input_dir())
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -336,6 +341,10 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
         from harness import tiny_dit
 
         prompt = tiny_dit.tiny_flux_prompt(prompt)
+    if name == "ipadapter_sd35_instantx.json":
+        from harness import tiny_sd3
+
+        prompt = tiny_sd3.tiny_sd3_prompt(prompt)
     result = executor.run_prompt(prompt).raise_for_error()
     expect = EXPECTED[name]
     by_kind = {}

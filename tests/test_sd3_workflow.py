@@ -63,3 +63,25 @@ def test_loads_applies_and_samples():
 def test_unet_only_options_fail_clearly():
     result = executor.run_prompt(sd3_graph("kv", 0.8, embeds_scaling="K+V"))
     assert not result.success and "embeds_scaling 'K+V'" in result.error["exception_message"]
+
+
+def test_the_example_workflow_runs_on_the_fixtures_and_its_adapter_acts(models_dir):
+    import nodes
+
+    from harness import workflow
+
+    tiny_sd3.install_sd3_example_fixtures(models_dir, folder_paths.get_input_directory())
+    path = Path(__file__).resolve().parent.parent / "example_workflows" / "ipadapter_sd35_instantx.json"
+    prompt = tiny_sd3.tiny_sd3_prompt(workflow.use_tiny_models(workflow.to_api(workflow.load(path),
+                                                                               nodes.NODE_CLASS_MAPPINGS)))
+    (apply_id,) = [i for i, n in prompt.items() if n["class_type"] == "IPAdapterEmbeds"]
+    (save_id,) = [i for i, n in prompt.items() if n["class_type"] == "SaveLatent"]
+
+    def run() -> torch.Tensor:
+        result = executor.run_prompt(prompt).raise_for_error()
+        (saved,) = result.outputs[save_id]["latents"]
+        return load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+    with_adapter = run()
+    prompt[apply_id]["inputs"]["weight"] = 0.0
+    assert with_adapter.shape == (1, 16, 8, 8) and (with_adapter - run()).abs().mean() > 1e-3

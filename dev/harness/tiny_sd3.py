@@ -76,3 +76,68 @@ def install_sd3_fixtures(models_dir, input_dir) -> None:
     save_embeds(torch.zeros_like(feats), input_dir / TINY_SD3_EMBEDS[1])
     for folder in ("diffusion_models", "ipadapter"):
         folder_paths.filename_list_cache.pop(folder, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The SD3.5 example workflow on the fixtures
+# --------------------------------------------------------------------------------------------------
+SD3_CANONICAL = {"ipadapter": ("sd3.5_large_ip-adapter.bin", TINY_SD3_ADAPTER),
+                 "clip_vision": ("sigclip_vision_patch14_384.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")}
+SD3_PLACEHOLDERS = (("text_encoders", "clip_l.safetensors"), ("text_encoders", "clip_g.safetensors"),
+                    ("text_encoders", "t5xxl_fp16.safetensors"))
+
+
+def install_sd3_example_fixtures(models_dir, input_dir) -> None:
+    """The tiny files under the example's names (links; the SigLIP name is only validated, never loaded)."""
+    import os
+    from pathlib import Path
+
+    import folder_paths
+
+    install_sd3_fixtures(models_dir, input_dir)
+    models_dir = Path(models_dir)
+    for folder, (name, target) in SD3_CANONICAL.items():
+        if not (models_dir / folder / name).exists():
+            os.link(models_dir / folder / target, models_dir / folder / name)
+    for folder, name in SD3_PLACEHOLDERS:
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        (models_dir / folder / name).touch()
+    for folder in (*SD3_CANONICAL, "text_encoders"):
+        folder_paths.filename_list_cache.pop(folder, None)
+
+
+def tiny_sd3_prompt(prompt: dict, size: int = 64) -> dict:
+    """The SD3.5 example's API prompt (after ``workflow.use_tiny_models``) rewired for the fixtures: the tiny
+    MMDiT from Load Diffusion Model, the tiny SD1.5 CLIP for TripleCLIPLoader, SaveLatent for VAE Decode +
+    Save Image, and IPAdapter Embeds on saved SigLIP-shaped features for IPAdapter Advanced + the encoder
+    (there is no tiny SigLIP)."""
+    prompt = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+    (ckpt,) = [i for i, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple"]
+    (clip,) = [i for i, n in prompt.items() if n["class_type"] == "TripleCLIPLoader"]
+    redirect = {(ckpt, 0): ["sd3_unet", 0], (clip, 0): [ckpt, 1]}
+    prompt["sd3_unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_SD3_FILE, "weight_dtype": "default"}}
+    for name, file in zip(("sd3_pos", "sd3_neg"), TINY_SD3_EMBEDS):
+        prompt[name] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": file}}
+    drop = {clip}
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        for name, value in inputs.items():
+            if isinstance(value, list) and tuple(value) in redirect:
+                inputs[name] = redirect[tuple(value)]
+        if kind == "EmptySD3LatentImage":
+            inputs.update(width=size, height=size)
+        elif kind == "KSampler":
+            inputs["steps"] = min(inputs["steps"], 2)
+        elif kind == "VAEDecode":
+            prompt[node_id] = {"class_type": "SaveLatent", "inputs": {"samples": inputs["samples"],
+                                                                      "filename_prefix": "sd3/example"}}
+        elif kind == "IPAdapterAdvanced":
+            keep = {k: inputs[k] for k in ("model", "ipadapter", "weight", "weight_type", "start_at", "end_at",
+                                           "embeds_scaling")}
+            prompt[node_id] = {"class_type": "IPAdapterEmbeds",
+                               "inputs": dict(keep, pos_embed=["sd3_pos", 0], neg_embed=["sd3_neg", 0])}
+        elif kind in ("SaveImage", "CLIPVisionLoader", "LoadImage"):
+            drop.add(node_id)
+    for node_id in drop:
+        del prompt[node_id]
+    return prompt
