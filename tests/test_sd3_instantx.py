@@ -166,3 +166,18 @@ def test_start_end_and_clear_errors(sd3_model, inputs):
 
     with pytest.raises(errors.ModelMismatchError, match="not an SD3 MMDiT"):
         apply.apply_adapter(tiny_dit.build_flux(), adapter, embeds_of(3))
+
+
+def test_siglip_encoder_path_and_a_clip_encoder_is_refused(sd3_model, inputs):
+    from harness import tiny_models
+
+    adapter = instantx()
+    siglip = tiny_sd3.build_tiny_siglip()
+    image = torch.rand(1, 100, 120, 3, generator=torch.Generator().manual_seed(2))
+    embeds = apply.encode_for(adapter, siglip, image)
+    assert embeds.cond.shape == (1, 729, TINY_SD35.siglip_width)  # penultimate hidden states, no CLS token
+    assert not torch.equal(embeds.cond, embeds.uncond)  # the negative is the encoded black image
+    patched = apply.apply_adapter(sd3_model, adapter, embeds, weight=0.7)
+    assert (comfy_forward(patched, inputs, 500.0) - comfy_forward(sd3_model, inputs, 500.0)).abs().max() > MIN_EFFECT
+    with pytest.raises(errors.EncoderMismatchError, match="needs SigLIP .* gives 40"):
+        apply.encode_for(adapter, tiny_models.build_clip_vision("vit-h"), image)

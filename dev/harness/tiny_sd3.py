@@ -141,3 +141,36 @@ def tiny_sd3_prompt(prompt: dict, size: int = 64) -> dict:
     for node_id in drop:
         del prompt[node_id]
     return prompt
+
+
+# --------------------------------------------------------------------------------------------------
+# A tiny SigLIP (ComfyUI's own siglip_vision_model class): 384 px, 14-px patches (729 tokens), narrow
+# --------------------------------------------------------------------------------------------------
+def siglip_config() -> dict:
+    return {"num_channels": 3, "hidden_act": "gelu_pytorch_tanh", "hidden_size": TINY_SD35.siglip_width,
+            "image_size": 384, "intermediate_size": 2 * TINY_SD35.siglip_width, "model_type": "siglip_vision_model",
+            "num_attention_heads": 2, "num_hidden_layers": 3, "patch_size": 14, "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5]}
+
+
+def build_tiny_siglip(seed: int = 0):
+    """A ``comfy.clip_vision.ClipVisionModel`` of the tiny SigLIP config with seeded weights."""
+    import json
+
+    import comfy.clip_vision
+    import comfy.ops
+
+    from harness.tiny_models import CONFIG_CACHE, seeded_state_dict
+
+    path = CONFIG_CACHE / "clip_vision_tiny_siglip_384.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(siglip_config(), indent=2, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    clip = comfy.clip_vision.ClipVisionModel(str(path))
+    meta = comfy.clip_vision.IMAGE_ENCODERS["siglip_vision_model"](siglip_config(), torch.float32,
+                                                                   torch.device("meta"), comfy.ops.manual_cast)
+    missing, unexpected = clip.load_sd(seeded_state_dict(meta, seed))
+    if missing or unexpected:
+        raise RuntimeError(f"tiny SigLIP: missing {missing}, unexpected {unexpected}")
+    return clip
