@@ -372,6 +372,69 @@ def train() -> Workflow:
     return g.wf
 
 
+FLUX_DEV = "flux1-dev.safetensors"
+FLUX_XLABS = "flux-ip-adapter-v2.safetensors"
+VIT_L = "clip_vision_l.safetensors"
+
+
+def flux_xlabs() -> Workflow:
+    # tests/test_flux_workflow.py runs this file on the tiny Flux fixture (it swaps the text encoders and VAE).
+    wf = Workflow("Image prompt on Flux.1-dev with XLabs' IP-Adapter v2 (flux-ip-adapter-v2.safetensors in "
+                  "models/ipadapter) and the CLIP ViT-L/14 encoder (clip_vision_l.safetensors in models/clip_vision). "
+                  "IPAdapter Advanced patches Flux's 19 double blocks; weight types: linear or the ease curves, "
+                  "per-block weights with IPAdapter Mad Scientist. "
+                  f"Put {REFERENCE} in ComfyUI's input folder.")
+    unet = wf.node("UNETLoader", unet_name=FLUX_DEV, weight_dtype="default")
+    clip = wf.node("DualCLIPLoader", clip_name1="t5xxl_fp16.safetensors", clip_name2="clip_l.safetensors", type="flux")
+    ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=FLUX_XLABS)
+    clip_vision = wf.node("CLIPVisionLoader", clip_name=VIT_L)
+    image = wf.node("LoadImage", image=REFERENCE)
+    model = wf.node("IPAdapterAdvanced", model=unet.out(), ipadapter=ipadapter.out(), image=image.out("IMAGE"),
+                    clip_vision=clip_vision.out(), **common(weight=0.7))
+    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
+    guided = wf.node("FluxGuidance", conditioning=positive.out(), guidance=3.5)
+    negative = wf.node("CLIPTextEncode", text="", clip=clip.out())
+    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    sampled = wf.node("KSampler", model=model.out(), positive=guided.out(), negative=negative.out(),
+                      latent_image=latent.out(), seed=42, steps=20, cfg=1.0, sampler_name="euler",
+                      scheduler="simple", denoise=1.0)
+    vae = wf.node("VAELoader", vae_name="ae.safetensors")
+    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=vae.out())
+    wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_flux_xlabs")
+    return wf
+
+
+SD35_LARGE = "sd3.5_large.safetensors"
+SD35_IPADAPTER = "sd3.5_large_ip-adapter.bin"
+SIGLIP_384 = "sigclip_vision_patch14_384.safetensors"
+
+
+def sd35_instantx() -> Workflow:
+    # tests/test_example_workflows.py runs this file on the tiny SD3 fixture (harness.tiny_sd3.tiny_sd3_prompt).
+    wf = Workflow("Image prompt on SD3.5 Large with InstantX's IP-Adapter (its ip-adapter.bin, saved as "
+                  f"{SD35_IPADAPTER} in models/ipadapter) and the SigLIP so400m-patch14-384 encoder ({SIGLIP_384} in "
+                  "models/clip_vision, the one Redux uses). The image tokens follow the timestep; weight, "
+                  "start/end, masks and per-block weights (Mad Scientist, blocks 0-37) work as on Flux. "
+                  f"Put {REFERENCE} in ComfyUI's input folder.")
+    ckpt = wf.node("CheckpointLoaderSimple", ckpt_name=SD35_LARGE)
+    clip = wf.node("TripleCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="clip_g.safetensors",
+                   clip_name3="t5xxl_fp16.safetensors")
+    ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=SD35_IPADAPTER)
+    clip_vision = wf.node("CLIPVisionLoader", clip_name=SIGLIP_384)
+    image = wf.node("LoadImage", image=REFERENCE)
+    model = wf.node("IPAdapterAdvanced", model=ckpt.out("MODEL"), ipadapter=ipadapter.out(), image=image.out("IMAGE"),
+                    clip_vision=clip_vision.out(), **common(weight=0.6))
+    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
+    negative = wf.node("CLIPTextEncode", text=NEGATIVE_TEXT, clip=clip.out())
+    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    sampled = wf.node("KSampler", model=model.out(), positive=positive.out(), negative=negative.out(),
+                      latent_image=latent.out(), seed=42, steps=28, cfg=4.5, sampler_name="euler",
+                      scheduler="sgm_uniform", denoise=1.0)
+    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=ckpt.out("VAE"))
+    wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_sd35_instantx")
+    return wf
+
+
 WORKFLOWS = {
     "ipadapter_simple": simple,
     "ipadapter_advanced": advanced,
@@ -389,6 +452,8 @@ WORKFLOWS = {
     "ipadapter_embeds_load": embeds_load,
     "ipadapter_faceid": faceid,
     "ipadapter_train": train,
+    "ipadapter_flux_xlabs": flux_xlabs,
+    "ipadapter_sd35_instantx": sd35_instantx,
 }
 
 

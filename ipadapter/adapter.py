@@ -18,6 +18,7 @@ from torch import Tensor, nn
 import comfy.model_management as mm
 import comfy.model_patcher
 
+from . import flux, sd3
 from .detect import detect
 from .encoders import known_widths
 from .families import AdapterSpec
@@ -137,14 +138,21 @@ def _assemble(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, d
     def cast(t: Tensor) -> Tensor:
         return t if dtype is None else t.to(dtype)
 
-    projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
     ip_sd = sections["ip_adapter"]
-    layers = nn.ModuleDict()
-    with torch.device("meta"):
-        for key in sorted((k for k in ip_sd if k.endswith(".to_k_ip.weight")), key=lambda k: int(k.split(".")[0])):
-            hidden, context = ip_sd[key].shape
-            layers[key.split(".")[0]] = IPLayer(context, hidden)
-    layers.load_state_dict({k: cast(v) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
+    if spec.arch == sd3.ARCH:
+        projection = sd3.build_resampler({k: cast(v) for k, v in sections["image_proj"].items()})
+        layers = sd3.build_layers(ip_sd, cast)
+    elif flux.is_dit(spec.arch):
+        projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
+        layers = flux.build_layers(ip_sd, cast)
+    else:
+        projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
+        layers = nn.ModuleDict()
+        with torch.device("meta"):
+            for key in sorted((k for k in ip_sd if k.endswith(".to_k_ip.weight")), key=lambda k: int(k.split(".")[0])):
+                hidden, context = ip_sd[key].shape
+                layers[key.split(".")[0]] = IPLayer(context, hidden)
+        layers.load_state_dict({k: cast(v) for k, v in ip_sd.items() if _is_ip_layer_key(k)}, strict=True, assign=True)
     model = IPAdapterModel(projection, layers).eval()
     model.requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())

@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import dit_patch, sd3_patch
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, ModelMismatchError
 from .inputs import require_finite, require_images
+from .flux import is_dit
+from .flux import unsupported as unsupported_on_dit
 from .layers import ARCH_NAMES, layer_map, model_arch
 from .progress import tracked
 from .tiles import enhance_features, tile_reference
@@ -29,9 +32,11 @@ def require_non_faceid(adapter: Adapter, node: str = "this node") -> None:
     )
 
 
-def check_model(adapter: Adapter, model) -> None:
+def check_model(adapter: Adapter, model, what: str = "This node") -> None:
     arch = model_arch(model)
     want = adapter.spec.arch
+    if is_dit(want):
+        raise ValueError(unsupported_on_dit(what, adapter.name, want))
     if arch != want:
         have = ARCH_NAMES.get(arch, "not an SD1.5/SDXL UNet")
         raise ModelMismatchError(
@@ -128,9 +133,17 @@ def apply_adapter(
     gets weight i, otherwise the first value is used, as in the old extension. ``entry_options`` are
     ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
     token_transform)."""
+    for name, value in (("weight", weight), ("weight_composition", weight_composition), ("boost", boost),
+                        ("start_at", entry_options.get("start_at", 0.0)), ("end_at", entry_options.get("end_at", 1.0))):
+        require_finite(name, value)  # before the per-architecture paths, so every one of them is covered
+    if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
+        return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
+                                           layer_weights=layer_weights, unfold=unfold, **entry_options)
+    if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
+        weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights)
+        entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
+        return dit_patch.apply_dit_entries(model, (entry,), blocks)
     check_model(adapter, model)
-    for name, value in (("weight", weight), ("weight_composition", weight_composition), ("boost", boost)):
-        require_finite(name, value)
     weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
                                     weight_composition, boost, layer_weights)
     entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
@@ -225,7 +238,7 @@ def apply_style_composition(
     "cond_alt" (the composition tokens replace the style tokens at the composition layer).
     ``expand_style`` puts the style image on every other layer ("strong style and composition").
     """
-    check_model(adapter, model)
+    check_model(adapter, model, "Style & Composition")
     require_finite("weight_style", weight_style)
     require_finite("weight_composition", weight_composition)
     arch = adapter.spec.arch
@@ -259,7 +272,7 @@ def apply_tiled(
 ) -> tuple[object, Tensor, Tensor]:
     """IPAdapter Tiled: cut the reference into 256-pixel tiles (see ``tiles.tile_reference``) and apply
     each tile with a mask that covers its own region. Returns (model, tiles, masks)."""
-    check_model(adapter, model)
+    check_model(adapter, model, "IPAdapter Tiled")
     require_images("image", image)
     require_finite("weight", weight)
     tiles, masks = tile_reference(image, attn_mask, sharpening)

@@ -61,9 +61,10 @@ class AdapterEntry:
         # Weights may be stored in another dtype or device than q: cast them here, once per layer.
         wk = layer.to_k_ip.weight.to(q.device, q.dtype)
         wv = layer.to_v_ip.weight.to(q.device, q.dtype)
+        bk, bv = (None if b is None else b.to(q.device, q.dtype) for b in (layer.to_k_ip.bias, layer.to_v_ip.bias))
         cond, uncond = cond.to(q.device, q.dtype), uncond.to(q.device, q.dtype)
         with torch.no_grad():
-            out = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
+            out = F.linear(cond, wk, bk), F.linear(cond, wv, bv), F.linear(uncond, wk, bk), F.linear(uncond, wv, bv)
         with self._lock:
             self._cache[key] = out
         return out
@@ -229,12 +230,17 @@ class IPAttention:
         return self
 
     def models(self) -> list:
-        found = []
-        for entry in self.entries:
-            found.extend(p for p in entry.patchers if p not in found)
-        if self.inner is not None and hasattr(self.inner, "models"):
-            found.extend(self.inner.models())
-        return found
+        return patch_models(self.entries, self.inner)
+
+
+def patch_models(entries: Sequence[AdapterEntry], inner) -> list:
+    """The adapters' ModelPatchers (loaded with the model by ComfyUI), then the wrapped patch's models."""
+    found = []
+    for entry in entries:
+        found.extend(p for p in entry.patchers if p not in found)
+    if inner is not None and hasattr(inner, "models"):
+        found.extend(inner.models())
+    return found
 
 
 def attn2_patches(model) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import flux, sd3
 from .encoders import FULL_WIDTHS, KnownWidths
 from .errors import TensorShapeError, UnknownAdapterError
 from .families import FAMILIES, MATCH_FIELDS, AdapterSpec, EncoderRequirement, Family, family
@@ -194,6 +195,10 @@ def detect(state_dicts: Mapping, source: str | None = None, *, widths: KnownWidt
     p, ip = state_dicts["image_proj"], state_dicts["ip_adapter"]
     if not p or not ip:
         check_sections(state_dicts, {"image_proj": dict(p), "ip_adapter": dict(ip)}, where)
+    if flux.is_xlabs(ip):  # a Flux DiT adapter: its own layout (ipadapter/flux.py)
+        return flux.detect_xlabs(p, ip, where, widths)
+    if sd3.is_instantx_sd3(ip):  # InstantX SD3.5 (ipadapter/sd3.py)
+        return sd3.detect_sd3(p, ip, where)
 
     layers = _read_layers(ip, where)
     proj = _projection_of(p, where)

@@ -38,8 +38,13 @@ def describe_encoder(output: str, width: int) -> str:
 
 def encoder_widths(clip_vision) -> dict[str, int]:
     """Widths of what the connected encoder gives: penultimate states (hidden) and image_embeds (projection)."""
-    projection = getattr(getattr(clip_vision, "model", None), "visual_projection", None)
+    model = getattr(clip_vision, "model", None)
+    projection = getattr(model, "visual_projection", None)
     weight = getattr(projection, "weight", None)
+    norm = getattr(getattr(getattr(model, "vision_model", None), "post_layernorm", None), "weight", None)
+    if weight is None and norm is not None:  # SigLIP: hidden states only, no image_embeds
+        return {"penultimate_hidden_states": norm.shape[0], "last_hidden_state": norm.shape[0],
+                "image_size": getattr(clip_vision, "image_size", 224)}
     if weight is None:
         raise EncoderMismatchError(
             "the connected CLIP_VISION model has no visual projection (it is not a CLIP vision encoder, e.g. "
@@ -56,7 +61,11 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
     if need is None:
         return
     have = encoder_widths(clip_vision)
-    width = have[need.output]
+    width = have.get(need.output)
+    if width is None:
+        raise EncoderMismatchError(
+            f"{adapter_name} needs {need.model} image_embeds; the connected encoder has no projection (a SigLIP "
+            f"encoder). Load {need.model} with Load CLIP Vision and connect it.")
     if width == need.width and have["image_size"] == need.image_size:
         return
     field = "image_embeds" if need.output == "image_embeds" else "penultimate"

@@ -21,6 +21,7 @@ import safetensors
 import torch
 
 from .errors import CheckpointError, NotAnAdapterError, UnsafeCheckpointError
+from .flux import SECTION_ALIASES as FLUX_SECTION_ALIASES
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -247,6 +248,7 @@ _SECTION_ALIASES = {
     "image_proj_model": "image_proj",
     "ip_adapter": "ip_adapter",
     "adapter_modules": "ip_adapter",
+    **FLUX_SECTION_ALIASES,  # XLabs Flux: ip_adapter_proj_model.* / double_blocks.N.processor.*
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..ipadapter.apply import Embeds, apply_adapter, apply_style_composition, apply_tiled, encode_for
 from ..ipadapter.unified import Pipeline, adapter_and_encoder
-from ..ipadapter.weights import parse_layer_weights
+from ..ipadapter.flux import parse_any_layer_weights
 from .registry import node_table
 from .specs import APPLY_OPTIONAL, SIMPLE_WEIGHT_TYPE, SIMPLE_WEIGHT_TYPES, WEIGHT_UP_TO_3, FromSpecs, input_types
 
@@ -118,7 +118,7 @@ class IPAdapterMS(_Apply):
             insightface = pipeline.insightface(raise_load_error=False)
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         # Only the precise types survive layer_weights (their token swap still applies): the old rule.
-        parsed = parse_layer_weights(layer_weights, adapter.spec.arch) or None
+        parsed = parse_any_layer_weights(layer_weights, adapter.spec.arch) or None
         options = dict(weight=weight, weight_type=weight_type, start_at=start_at, end_at=end_at,
                        embeds_scaling=embeds_scaling, attn_mask=attn_mask, layer_weights=parsed)
         if adapter.spec.is_faceid:

@@ -47,6 +47,7 @@ class Expect:
     previews: int = 0  # Preview Image nodes that show at least one image
     embeds: str | None = None  # filename prefix of the .ipadpt file written to output/
     size: tuple[int, int] = (64, 64)  # of every saved image
+    latents: int = 0  # SaveLatent nodes that wrote a latent
 
 
 EXPECTED = {
@@ -69,6 +70,9 @@ EXPECTED = {
     "ipadapter_embeds_load.json": Expect({"ipadapter_embeds_load": 1}),
     "ipadapter_faceid.json": Expect({"ipadapter_faceid": 1}, previews=1),
     "ipadapter_train.json": Expect({"ipadapter_train": 1}, previews=1),  # the preview: the loss curve
+    # Runs with SaveLatent in place of VAE Decode + Save Image (no tiny Flux VAE): see harness.tiny_dit.
+    "ipadapter_flux_xlabs.json": Expect(latents=1),
+    "ipadapter_sd35_instantx.json": Expect(latents=1),  # SaveLatent too: see harness.tiny_sd3
 }
 # Combo inputs whose canonical value is not in the fixture tree: the run swaps it for a tiny stand-in.
 SWAPPED = {("CheckpointLoaderSimple", "ckpt_name"): set(workflow.TINY_CHECKPOINTS)}
@@ -284,6 +288,14 @@ def prepare(name: str, request) -> None:
     """Files a workflow expects the user to have put in place, beyond the reference images."""
     if name == "ipadapter_embeds_load.json":
         request.getfixturevalue("saved_embeds")
+    if name == "ipadapter_flux_xlabs.json":
+        from harness import tiny_dit
+
+        tiny_dit.install_flux_fixtures(request.getfixturevalue("models_dir"))
+    if name == "ipadapter_sd35_instantx.json":
+        from harness import tiny_sd3
+
+        tiny_sd3.install_sd3_example_fixtures(request.getfixturevalue("models_dir"), input_dir())
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -323,6 +335,14 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
     prompt = workflow.use_tiny_models(prompt_of(name))
     if name == "ipadapter_faceid.json":
         prompt = without_insightface(prompt)
+    if name == "ipadapter_flux_xlabs.json":
+        from harness import tiny_dit
+
+        prompt = tiny_dit.tiny_flux_prompt(prompt)
+    if name == "ipadapter_sd35_instantx.json":
+        from harness import tiny_sd3
+
+        prompt = tiny_sd3.tiny_sd3_prompt(prompt)
     result = executor.run_prompt(prompt).raise_for_error()
     expect = EXPECTED[name]
     by_kind = {}
@@ -345,5 +365,6 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
     for i, a in enumerate(first):
         for b in first[i + 1:]:
             assert np.abs(a - b).mean() > 2, "two branches with different settings gave the same image"
+    assert len([i for i, _ in by_kind.get("SaveLatent", []) if result.outputs[i].get("latents")]) == expect.latents
     if expect.embeds:
         assert list(output_dir.glob(f"{expect.embeds}*.ipadpt")), f"no {expect.embeds}*.ipadpt in output/"

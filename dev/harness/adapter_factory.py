@@ -292,18 +292,7 @@ def adapter_state_dict(family: str, scale: str = "tiny", device="cpu", seed: int
     f = layout(family)
     s = _sizes(scale)
     specs = {"image_proj": _image_proj_spec(f, s), "ip_adapter": _ip_adapter_spec(f, s, scale)}
-    meta = torch.device(device).type == "meta"
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for section, spec in specs.items():
-        tensors = {}
-        for key, (shape, init) in spec.items():
-            if meta:
-                tensors[key] = torch.empty(shape, dtype=dtype, device="meta")
-                continue
-            gen = torch.Generator().manual_seed(_seed_for(family, section, key, seed))
-            tensors[key] = _make(shape, init, gen).to(dtype=dtype, device=device)
-        out[section] = tensors
-    return out
+    return {section: _tensors(spec, family, section, device, seed, dtype) for section, spec in specs.items()}
 
 
 def write_checkpoint(family: str, path: str | Path, scale: str = "tiny", seed: int = 0) -> Path:
@@ -360,3 +349,88 @@ def write_lora(family: str, path: str | Path, scale: str = "tiny", seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: t.contiguous() for k, t in lora_state_dict(family, scale, seed).items()}, str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# XLabs Flux IP-Adapter (v1 / v2): the released flat key names
+# --------------------------------------------------------------------------------------------------
+def xlabs_flux_spec(version: str = "v1", scale: str = "tiny", dims=None) -> _Spec:
+    """Shapes of an XLabs Flux IP-Adapter, under the released keys: ``ip_adapter_proj_model.{proj,norm}.*``
+    and ``double_blocks.N.processor.ip_adapter_double_stream_{k,v}_proj.{weight,bias}``. ``dims`` (a
+    ``harness.dims.FluxDims``) overrides the Flux widths of ``scale``."""
+    from harness.dims import FULL_FLUX, FULL_VIT_L_EMBEDS, TINY_FLUX, XLABS_FLUX_TOKENS
+
+    flux = dims or (FULL_FLUX if scale == "full" else TINY_FLUX)
+    clip_width = FULL_VIT_L_EMBEDS if scale == "full" else _sizes("tiny").clip["vit-h"].projection_dim
+    tokens = XLABS_FLUX_TOKENS[version]
+    ctx = flux.context_in_dim
+    spec: _Spec = {}
+    _linear(spec, "ip_adapter_proj_model.proj", tokens * ctx, clip_width)
+    _layernorm(spec, "ip_adapter_proj_model.norm", ctx)
+    for n in range(flux.depth):
+        for kv in "kv":
+            _linear(spec, f"double_blocks.{n}.processor.ip_adapter_double_stream_{kv}_proj", flux.hidden_size, ctx)
+    return spec
+
+
+def xlabs_flux_state_dict(version: str = "v1", scale: str = "tiny", device="cpu", seed: int = 0,
+                          dims=None) -> dict[str, torch.Tensor]:
+    """The flat state dict of an XLabs Flux IP-Adapter (``device="meta"`` for the full-size layout)."""
+    return _tensors(xlabs_flux_spec(version, scale, dims), f"xlabs-flux-{version}", "flat", device, seed)
+
+
+def _tensors(spec: _Spec, family: str, section: str, device, seed: int, dtype: torch.dtype = torch.float32):
+    """The tensors of ``spec``: empty on the meta device, else seeded per (family, section, key, seed)."""
+    meta = torch.device(device).type == "meta"
+    out = {}
+    for key, (shape, init) in spec.items():
+        if meta:
+            out[key] = torch.empty(shape, dtype=dtype, device="meta")
+            continue
+        gen = torch.Generator().manual_seed(_seed_for(family, section, key, seed))
+        out[key] = _make(shape, init, gen).to(dtype=dtype, device=device)
+    return out
+
+
+def write_xlabs_flux(path: str | Path, version: str = "v1", scale: str = "tiny", seed: int = 0, dims=None) -> Path:
+    """``.safetensors`` as released, or a ``.bin`` torch.save of the same flat dict (weights_only-loadable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = xlabs_flux_state_dict(version, scale, seed=seed, dims=dims)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: t.contiguous() for k, t in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# InstantX SD3.5-Large IP-Adapter (ip-adapter.bin): the released section and key names
+# --------------------------------------------------------------------------------------------------
+def instantx_sd35_spec(scale: str = "tiny") -> dict[str, _Spec]:
+    from harness.dims import FULL_SD35_LARGE, TINY_SD35
+
+    d = FULL_SD35_LARGE if scale == "full" else TINY_SD35
+    r, h = d.resampler_dim, d.hidden_size
+    proj: _Spec = {}  # a Resampler (the same keys as IP-Adapter Plus's) plus timestep conditioning
+    _perceiver(proj, "", r, d.resampler_heads, d.siglip_width, h, queries=d.queries)
+    _linear(proj, "time_embedding.linear_1", r, d.timestep_in_dim)
+    _linear(proj, "time_embedding.linear_2", r, r)
+    for i in range(RESAMPLER_DEPTH):
+        _linear(proj, f"layers.{i}.2.1", 4 * r, r)  # adaptive LayerNorm shifts and scales
+    ip: _Spec = {}
+    for n in range(d.depth):
+        _linear(ip, f"{n}.norm_ip.linear", 2 * h, r)
+        _linear(ip, f"{n}.to_k_ip", h, h, bias=False)
+        _linear(ip, f"{n}.to_v_ip", h, h, bias=False)
+        for norm in ("norm_q", "norm_k", "norm_ip_k"):
+            ip[f"{n}.{norm}.weight"] = ((RESAMPLER_DIM_HEAD,), "ln_w")
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def instantx_sd35_state_dict(scale: str = "tiny", device="cpu", seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_proj": {...}, "ip_adapter": {...}}`` as in InstantX's ip-adapter.bin (``device="meta"``: full size)."""
+    return {section: _tensors(spec, "instantx-sd35", section, device, seed)
+            for section, spec in instantx_sd35_spec(scale).items()}

@@ -65,3 +65,52 @@ FULL_FACE_EMBED, TINY_FACE_EMBED = 512, 16
 FULL_LORA_RANK, TINY_LORA_RANK = 128, 4
 # Perceiver/Resampler attention heads are always 64 wide (diffusers infers heads = to_q rows // 64).
 RESAMPLER_DIM_HEAD = 64
+
+
+@dataclass(frozen=True)
+class FluxDims:
+    """Widths a Flux transformer exposes to an IP-Adapter, and its block counts (ComfyUI's FluxParams names)."""
+
+    hidden_size: int
+    num_heads: int
+    depth: int  # double blocks (the XLabs IP-Adapter patches each)
+    depth_single_blocks: int
+    context_in_dim: int  # T5 width: the IP tokens' width
+    vec_in_dim: int  # pooled CLIP-L width
+
+
+FULL_FLUX = FluxDims(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, context_in_dim=4096, vec_in_dim=768)
+# 128-wide heads (Flux's RoPE axes 16+56+56), few blocks; the T5 width stays 4096 so the released
+# 4- and 16-token projections keep their exact row counts (diffusers tells v1 from v2 by 65536 rows).
+TINY_FLUX = FluxDims(hidden_size=256, num_heads=2, depth=3, depth_single_blocks=2, context_in_dim=4096, vec_in_dim=32)
+# XLabs Flux IP-Adapter versions: image tokens. v1 and v2 read CLIP ViT-L/14 image_embeds (768 wide, 224 px);
+# the tiny stand-in is the tiny ViT-H (224 px, its image_embeds width).
+XLABS_FLUX_TOKENS = {"v1": 4, "v2": 16}
+FULL_VIT_L_EMBEDS = 768
+
+
+@dataclass(frozen=True)
+class SD3Dims:
+    """An SD3 MMDiT (ComfyUI: hidden = 64 x depth, heads of 64) and InstantX's IP-Adapter for it."""
+
+    depth: int  # joint blocks (one IP processor each)
+    context_dim: int  # T5 / joint attention width
+    pooled_dim: int  # adm_in_channels
+    siglip_width: int  # SigLIP hidden states width (1152 for so400m)
+    siglip_tokens: int  # 729 at 384 px
+    resampler_dim: int  # TimeResampler width (1280), also the IP timestep-embedding width
+    resampler_heads: int  # of 64
+    resampler_depth: int
+    queries: int  # image tokens (64)
+    timestep_in_dim: int = 320
+
+    @property
+    def hidden_size(self) -> int:
+        return 64 * self.depth
+
+
+FULL_SD35_LARGE = SD3Dims(depth=38, context_dim=4096, pooled_dim=2048, siglip_width=1152, siglip_tokens=729,
+                          resampler_dim=1280, resampler_heads=20, resampler_depth=4, queries=64)
+# Resampler depth 4 as released: diffusers' SD3 loader assumes it.
+TINY_SD35 = SD3Dims(depth=4, context_dim=64, pooled_dim=64, siglip_width=48, siglip_tokens=10, resampler_dim=128,
+                    resampler_heads=2, resampler_depth=4, queries=8, timestep_in_dim=32)

@@ -70,6 +70,8 @@ def to_api(workflow: dict, node_classes: dict) -> dict:
 TINY_CHECKPOINTS = {
     "v1-5-pruned-emaonly.safetensors": "tiny_sd15.safetensors",
     "sd_xl_base_1.0.safetensors": "tiny_sdxl.safetensors",
+    # SD3.5 Large: the tiny SD1.5 checkpoint supplies CLIP; harness.tiny_sd3.tiny_sd3_prompt rewires the rest.
+    "sd3.5_large.safetensors": "tiny_sd15.safetensors",
 }
 
 

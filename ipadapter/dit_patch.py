@@ -1,0 +1,148 @@
+"""The DiT block patch: XLabs-style image prompts on Flux's double blocks, through ComfyUI's block patch point.
+
+ComfyUI's Flux calls ``transformer_options["patches_replace"]["dit"][("double_block", i)](args, extra)`` with
+``args`` = {img, txt, vec, pe, attn_mask, transformer_options} and ``extra["original_block"]`` (runs the
+block); the patch returns {"img", "txt"}. Both tested runtimes (0.3.75 and 0.33.0) pass the same keys.
+For each active adapter the patch adds, after the block (as XLabs and diffusers do):
+
+    img_out += sum over entries of  w_block * Attn(q_img, K_ip, V_ip)   [* mask]
+
+where ``q_img`` is the block's own image-stream query (modulated LayerNorm, qkv, QK-RMSNorm, no RoPE),
+computed from the block's input before the block runs (the block updates ``img`` in place).
+A patch registered before at the same key (another extension's) is wrapped and called instead of the
+original block; patch objects never change once attached.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from comfy.ldm.flux.layers import apply_mod
+
+from .attention import AdapterEntry, _current_sigma, patch_models
+from .errors import ModelMismatchError
+from .flux import ARCH_NAME, block_sites, resolve_block_weights, token_grid_for
+from .layers import LayerSite
+
+
+def image_query(block, img: torch.Tensor, vec) -> torch.Tensor:
+    """The image stream's attention query of a ComfyUI Flux DoubleStreamBlock: [B, heads, L, head_dim]."""
+    mod = block.img_mod(vec)[0] if block.modulation else vec[0][0]
+    x = apply_mod(block.img_norm1(img), 1 + mod.scale, mod.shift)
+    qkv = block.img_attn.qkv(x)
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, _ = block.img_attn.norm(q, k, v)
+    return q
+
+
+class DoubleBlockIP:
+    """Replace patch for one double block: the wrapped block (or patch) plus every entry's image branch."""
+
+    def __init__(self, site: LayerSite, entries: tuple[AdapterEntry, ...], inner: Callable | None, diffusion_model):
+        self.site = site
+        self.entries = entries
+        self.inner = inner
+        self.diffusion_model = diffusion_model
+        self._weighted = tuple(e for e in entries if site.key in e.weights)  # weight-0 blocks cost nothing
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        options = args.get("transformer_options") or {}
+        sigma = _current_sigma(options)
+        active = [e for e in self._weighted if e.active(sigma)]
+        q = None
+        if active:  # before the block: it adds into img in place
+            block = self.diffusion_model.double_blocks[self.site.ckpt_index]
+            with torch.no_grad():
+                q = image_query(block, args["img"], args["vec"])
+        out = self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
+        if q is None:
+            return out
+        img = out["img"]
+        batch, heads, length, head_dim = q.shape
+        like = img[:, :length]  # [B, L, C]: batch, device and dtype for the cached K/V
+        cond_or_uncond = tuple(options.get("cond_or_uncond") or (0,))
+        total = None
+        for entry in active:
+            ip_k, ip_v = entry.kv_batch(self.site, like, cond_or_uncond)
+            k = ip_k.view(batch, -1, heads, head_dim).transpose(1, 2)
+            v = ip_v.view(batch, -1, heads, head_dim).transpose(1, 2)
+            ip = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, heads * head_dim)
+            mask = self._mask(entry, like, len(cond_or_uncond))
+            if mask is not None:
+                ip = ip * mask
+            total = ip if total is None else total + ip
+        out = dict(out)
+        out["img"] = img + total.to(img.dtype)
+        return out
+
+    @staticmethod
+    def _mask(entry: AdapterEntry, like: torch.Tensor, n_chunks: int) -> torch.Tensor | None:
+        if entry.mask is None:
+            return None
+        grid = token_grid_for(like.shape[1], tuple(entry.mask.shape[-2:]))
+        # mask_batch places the mask on the grid it is given as the "latent" size.
+        return entry.mask_batch(like, {"original_shape": grid}, n_chunks)
+
+    # ComfyUI 0.3.75 deep-copies model_options on clone; the patch is immutable, so sharing is right.
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, *args, **kwargs):  # K/V follow q's device per call; only a wrapped foreign patch may move
+        move = getattr(self.inner, "to", None)
+        moved = self.inner if move is None else move(*args, **kwargs)
+        return self if moved is self.inner else DoubleBlockIP(self.site, self.entries, moved, self.diffusion_model)
+
+    def models(self) -> list:
+        return patch_models(self.entries, self.inner)
+
+
+def dit_patches(model) -> dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+
+
+def flux_model(model, adapter_name: str, spec):
+    """The connected MODEL's Flux diffusion model, checked against the adapter; clear errors otherwise."""
+    dm = model.get_model_object("diffusion_model")
+    blocks = getattr(dm, "double_blocks", None)
+    params = getattr(dm, "params", None)
+    if blocks is None or params is None or not hasattr(params, "context_in_dim"):
+        raise ModelMismatchError(
+            f"{adapter_name} is a {ARCH_NAME} IP-Adapter ({spec.label}) but the connected model is "
+            f"{type(dm).__name__}, not {ARCH_NAME}. Load a {ARCH_NAME}.1 model (Load Diffusion Model), or use an "
+            f"IP-Adapter made for this model.")
+    if len(blocks) != spec.layer_count or params.context_in_dim != spec.context_dim:
+        raise ModelMismatchError(
+            f"{adapter_name} was made for a {ARCH_NAME} model with {spec.layer_count} double blocks and text width "
+            f"{spec.context_dim}; the connected model has {len(blocks)} double blocks and text width "
+            f"{params.context_in_dim}. Use a {ARCH_NAME}.1 dev/schnell model.")
+    return dm
+
+
+def apply_dit_entries(model, entries: Sequence[AdapterEntry], block_count: int):
+    """Clone ``model`` once and add every entry at every double block; the input is unchanged."""
+    patched = model.clone()
+    dm = patched.get_model_object("diffusion_model")
+    current = dit_patches(patched)
+    added = tuple(entries)
+    for site in block_sites(block_count):
+        key = ("double_block", site.ckpt_index)
+        existing = current.get(key)
+        if isinstance(existing, DoubleBlockIP):
+            new = DoubleBlockIP(site, existing.entries + added, existing.inner, dm)
+        else:
+            new = DoubleBlockIP(site, added, existing, dm)
+        patched.set_model_patch_replace(new, "dit", "double_block", site.ckpt_index)
+    return patched
+
+
+def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, int]:
+    """Check the MODEL against a DiT ``adapter``; (per-block weights, double-block count) for its entry."""
+    dm = flux_model(model, adapter.name, adapter.spec)
+    hidden = next(iter(adapter.layer_widths.values()))
+    if hidden != dm.hidden_size:
+        raise ModelMismatchError(f"{adapter.name}'s IP layers are {hidden} wide; the connected {ARCH_NAME} model's "
+                                 f"blocks are {dm.hidden_size} wide. Use an IP-Adapter made for this model.")
+    count = len(dm.double_blocks)
+    return resolve_block_weights(block_sites(count), weight_type, weight, layer_weights), count
