@@ -6,10 +6,10 @@ saved workflows load unchanged; inputs added here come last and are optional.
 from __future__ import annotations
 
 from .ipadapter.paths import register_model_folders
-from .node_defs import apply, embeds, faceid, loaders, utils, weights_params
+from .node_defs import apply, curves, embeds, faceid, fooocus, loaders, utils, weights_params
 
 register_model_folders()
 
-_MODULES = (apply, embeds, weights_params, loaders, faceid, utils)
+_MODULES = (apply, embeds, weights_params, loaders, faceid, utils, fooocus, curves)
 NODE_CLASS_MAPPINGS: dict[str, type] = {key: cls for m in _MODULES for key, (cls, _) in m.NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {key: name for m in _MODULES for key, (_, name) in m.NODES.items()}
