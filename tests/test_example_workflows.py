@@ -72,6 +72,8 @@ EXPECTED = {
     "ipadapter_embeds_save.json": Expect(embeds="IP_embeds"),
     "ipadapter_embeds_load.json": Expect({"ipadapter_embeds_load": 1}),
     "ipadapter_faceid.json": Expect({"ipadapter_faceid": 1}, previews=1),
+    "ipadapter_fooocus.json": Expect({"ipadapter_fooocus": 1}),
+    "ipadapter_weight_curve.json": Expect({"ipadapter_weight_curve_fade_out": 1, "ipadapter_weight_curve_fade_in": 1}),
 }
 # Combo inputs whose canonical value is not in the fixture tree: the run swaps it for a tiny stand-in.
 SWAPPED = {("CheckpointLoaderSimple", "ckpt_name"): set(workflow.TINY_CHECKPOINTS)}
@@ -172,7 +174,8 @@ def test_the_running_comfyui_accepts_every_pinned_core_node():
 
     pinned = core_nodes.pinned()
     used = {node["type"] for name in FILES for node in workflow.load(FOLDER / name)["nodes"]}
-    assert used - set(GENERATOR.interface_nodes()) == set(pinned), "re-pin: dev/make_example_workflows.py --pin-core-nodes"
+    ours = set(GENERATOR.interface_nodes()) | set(GENERATOR.pack_nodes())  # our nodes: read from the pack
+    assert used - ours == set(pinned), "re-pin: dev/make_example_workflows.py --pin-core-nodes"
     problems = [p for kind, entry in pinned.items()
                 for p in core_nodes.incompatibilities(kind, entry, core_nodes.interface_entry(nodes.NODE_CLASS_MAPPINGS[kind]))]
     assert problems == []
@@ -286,6 +289,10 @@ def prepare(name: str, request) -> None:
     """Files a workflow expects the user to have put in place, beyond the reference images."""
     if name == "ipadapter_embeds_load.json":
         request.getfixturevalue("saved_embeds")
+    if name == "ipadapter_fooocus.json":  # Fooocus's negative, a synthetic one of the real layout
+        from harness import fooocus_negative
+
+        fooocus_negative.write_negative(Path(folder_paths.get_folder_paths("ipadapter")[0]) / GENERATOR.FOOOCUS_NEGATIVE)
 
 
 @pytest.mark.parametrize("name", FILES)
