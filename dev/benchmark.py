@@ -4,7 +4,10 @@ Full-size SD1.5 / SDXL UNet shapes with random weights, built through ComfyUI's 
 full-size synthetic adapters from the fixture factory. Variants are timed interleaved in one run, and
 overheads are medians of per-round ratios, so drift on a shared machine affects both sides alike.
 
-    .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12]
+    .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12] [--curve]
+
+``--curve`` adds "1x plus + curve" (the Plus adapter with a fade-out weight curve) beside "1x plus", and the
+time of one curve lookup (made once per UNet call).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import comfy.supported_models  # noqa: E402
 
 from harness import adapter_factory, dims, tiny_models  # noqa: E402
 from ipadapter_next.ipadapter import adapter as adapter_mod  # noqa: E402
-from ipadapter_next.ipadapter import apply, attention, checkpoint  # noqa: E402
+from ipadapter_next.ipadapter import apply, attention, checkpoint, curves  # noqa: E402
 
 FAMILIES = {
     "sd15": {"basic": "ip-adapter_sd15", "plus": "ip-adapter-plus_sd15", "full-face": "ip-adapter-full-face_sd15"},
@@ -81,7 +84,7 @@ def unet_step(model, x, t, ctx, y):
     return out
 
 
-def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None:
+def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: bool = False) -> None:
     dev = mm.get_torch_device()
     base = full_unet(arch, dtype)
     context = dims.FULL_UNET[arch].context_dim
@@ -93,6 +96,10 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None
     variants = {"no adapter": base}
     for name, ad in adapters.items():
         variants[f"1x {name}"] = apply.apply_adapter(base, ad, embeds(ad, 1))
+    if curve:  # same adapter and reference as "1x plus"; the curve's multiplier is not 1 at this sigma
+        fade = curves.make_curve("fade out", "ease")
+        variants["1x plus+curve"] = apply.apply_adapter(base, adapters["plus"], embeds(adapters["plus"], 1),
+                                                        weight_curve=fade)
     stacked = base
     for i in range(4):
         stacked = apply.apply_adapter(stacked, adapters["plus"], embeds(adapters["plus"], 10 + i))
@@ -116,7 +123,21 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None
         extra = replay.get(name)
         extra_s = f"   in-patch time {extra * 1000:6.1f} ms/step = {extra / statistics.median(base_t) * 100:.2f}%" if extra is not None else ""
         print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%{extra_s}")
+    if curve:
+        bench_curve_lookup(variants["1x plus+curve"], float(t[0]))
     bench_apply(arch, base, adapters["plus"])
+
+
+def bench_curve_lookup(model, sigma: float, repeats: int = 2000) -> None:
+    """One evaluation of a bound curve from a sigma (what the first layer of each UNet call pays)."""
+    bound = next(iter(attention.attn2_patches(model).values())).entries[0].curve
+    samples = []
+    for i in range(repeats):
+        s = sigma * (1 + 1e-6 * (i + 1))  # a new sigma each time: no cached answer
+        start = time.perf_counter()
+        bound.at(s)
+        samples.append(time.perf_counter() - start)
+    print(f"  weight curve lookup (once per UNet call): median {statistics.median(samples) * 1e6:.1f} us")
 
 
 def patch_overhead(variants, x, t, ctx, y, repeats: int = 20) -> dict[str, float]:
@@ -219,13 +240,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--fp16", action="store_true", help="UNet and adapters in fp16 (GPU)")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--curve", action="store_true", help="also time a Plus adapter with a weight curve")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"runtime: {runtime.boot(None).describe()}; torch {torch.__version__}; device {mm.get_torch_device()}; "
           f"threads {torch.get_num_threads()}")
     dtype = torch.float16 if args.fp16 else torch.float32
     for arch in args.arch:
-        bench_steps(arch, args.latent, args.rounds, dtype)
+        bench_steps(arch, args.latent, args.rounds, dtype, curve=args.curve)
     if not args.skip_load:
         bench_load()
 
