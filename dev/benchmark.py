@@ -6,8 +6,8 @@ overheads are medians of per-round ratios, so drift on a shared machine affects 
 
     .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12] [--curve]
 
-``--curve`` adds "1x plus + curve" (the Plus adapter with a fade-out weight curve) beside "1x plus", and the
-time of one curve lookup (made once per UNet call).
+``--curve`` times only "1x plus" and "1x plus+curve" (the same adapter and reference with a fade-out
+weight curve), and one curve lookup (made once per UNet call).
 """
 from __future__ import annotations
 
@@ -94,16 +94,18 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: 
     y = torch.randn(2, 2816, device=dev, dtype=dtype) if arch == "sdxl" else None
     adapters = {name: full_adapter(fam, dtype) for name, fam in FAMILIES[arch].items()}
     variants = {"no adapter": base}
-    for name, ad in adapters.items():
-        variants[f"1x {name}"] = apply.apply_adapter(base, ad, embeds(ad, 1))
-    if curve:  # same adapter and reference as "1x plus"; the curve's multiplier is not 1 at this sigma
+    if curve:  # only "1x plus" and the same adapter and reference with a curve (multiplier not 1 here)
         fade = curves.make_curve("fade out", "ease")
+        variants["1x plus"] = apply.apply_adapter(base, adapters["plus"], embeds(adapters["plus"], 1))
         variants["1x plus+curve"] = apply.apply_adapter(base, adapters["plus"], embeds(adapters["plus"], 1),
                                                         weight_curve=fade)
-    stacked = base
-    for i in range(4):
-        stacked = apply.apply_adapter(stacked, adapters["plus"], embeds(adapters["plus"], 10 + i))
-    variants["4x plus"] = stacked
+    else:
+        for name, ad in adapters.items():
+            variants[f"1x {name}"] = apply.apply_adapter(base, ad, embeds(ad, 1))
+        stacked = base
+        for i in range(4):
+            stacked = apply.apply_adapter(stacked, adapters["plus"], embeds(adapters["plus"], 10 + i))
+        variants["4x plus"] = stacked
     mm.load_models_gpu([base] + adapter_mod_patchers(adapters))
     for m in variants.values():  # warm up: first calls compute and cache each layer's K/V
         unet_step(m, x, t, ctx, y)
@@ -125,6 +127,7 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: 
         print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%{extra_s}")
     if curve:
         bench_curve_lookup(variants["1x plus+curve"], float(t[0]))
+        return
     bench_apply(arch, base, adapters["plus"])
 
 
