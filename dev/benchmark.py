@@ -6,8 +6,7 @@ overheads are medians of per-round ratios, so drift on a shared machine affects 
 
     .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12] [--curve]
 
-``--curve`` times only "1x plus" and "1x plus+curve" (the same adapter and reference with a fade-out
-weight curve), and one curve lookup (made once per UNet call).
+``--curve`` measures only what a weight curve adds per UNet call (``bench_curve``).
 """
 from __future__ import annotations
 
@@ -31,7 +30,8 @@ import comfy.supported_models  # noqa: E402
 
 from harness import adapter_factory, dims, tiny_models  # noqa: E402
 from ipadapter_next.ipadapter import adapter as adapter_mod  # noqa: E402
-from ipadapter_next.ipadapter import apply, attention, checkpoint, curves  # noqa: E402
+from ipadapter_next.ipadapter import apply, attention, checkpoint, curves, weights  # noqa: E402
+from ipadapter_next.ipadapter.layers import layer_map  # noqa: E402
 
 FAMILIES = {
     "sd15": {"basic": "ip-adapter_sd15", "plus": "ip-adapter-plus_sd15", "full-face": "ip-adapter-full-face_sd15"},
@@ -84,7 +84,7 @@ def unet_step(model, x, t, ctx, y):
     return out
 
 
-def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: bool = False) -> None:
+def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None:
     dev = mm.get_torch_device()
     base = full_unet(arch, dtype)
     context = dims.FULL_UNET[arch].context_dim
@@ -94,18 +94,12 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: 
     y = torch.randn(2, 2816, device=dev, dtype=dtype) if arch == "sdxl" else None
     adapters = {name: full_adapter(fam, dtype) for name, fam in FAMILIES[arch].items()}
     variants = {"no adapter": base}
-    if curve:  # only "1x plus" and the same adapter and reference with a curve (multiplier not 1 here)
-        fade = curves.make_curve("fade out", "ease")
-        variants["1x plus"] = apply.apply_adapter(base, adapters["plus"], embeds(adapters["plus"], 1))
-        variants["1x plus+curve"] = apply.apply_adapter(base, adapters["plus"], embeds(adapters["plus"], 1),
-                                                        weight_curve=fade)
-    else:
-        for name, ad in adapters.items():
-            variants[f"1x {name}"] = apply.apply_adapter(base, ad, embeds(ad, 1))
-        stacked = base
-        for i in range(4):
-            stacked = apply.apply_adapter(stacked, adapters["plus"], embeds(adapters["plus"], 10 + i))
-        variants["4x plus"] = stacked
+    for name, ad in adapters.items():
+        variants[f"1x {name}"] = apply.apply_adapter(base, ad, embeds(ad, 1))
+    stacked = base
+    for i in range(4):
+        stacked = apply.apply_adapter(stacked, adapters["plus"], embeds(adapters["plus"], 10 + i))
+    variants["4x plus"] = stacked
     mm.load_models_gpu([base] + adapter_mod_patchers(adapters))
     for m in variants.values():  # warm up: first calls compute and cache each layer's K/V
         unet_step(m, x, t, ctx, y)
@@ -125,22 +119,45 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype, curve: 
         extra = replay.get(name)
         extra_s = f"   in-patch time {extra * 1000:6.1f} ms/step = {extra / statistics.median(base_t) * 100:.2f}%" if extra is not None else ""
         print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%{extra_s}")
-    if curve:
-        bench_curve_lookup(variants["1x plus+curve"], float(t[0]))
-        return
     bench_apply(arch, base, adapters["plus"])
 
 
-def bench_curve_lookup(model, sigma: float, repeats: int = 2000) -> None:
-    """One evaluation of a bound curve from a sigma (what the first layer of each UNet call pays)."""
-    bound = next(iter(attention.attn2_patches(model).values())).entries[0].curve
-    samples = []
-    for i in range(repeats):
-        s = sigma * (1 + 1e-6 * (i + 1))  # a new sigma each time: no cached answer
-        start = time.perf_counter()
-        bound.at(s)
-        samples.append(time.perf_counter() - start)
-    print(f"  weight curve lookup (once per UNet call): median {statistics.median(samples) * 1e6:.1f} us")
+def bench_curve(arch: str, dtype: torch.dtype, repeats: int = 200) -> None:
+    """What a weight curve adds per UNet call, measured where it acts (no UNet step, whose noise on a shared
+    machine is far larger): one curve lookup, plus at every layer the rescale of the cached K/V by the
+    multiplier (``kv_at`` at m != 1 against m == 1, interleaved), for a full-size Plus adapter."""
+    dev = mm.get_torch_device()
+    ad = full_adapter(FAMILIES[arch]["plus"], dtype)
+    host = tiny_models.build_unet(arch)  # make_entry reads only the compute dtype and the sampling schedule
+    fade = curves.make_curve("fade out", "ease")
+    mm.load_models_gpu([ad.patcher])
+    print(f"\n[{arch}] weight curve cost per UNet call, full-size Plus adapter, batch 2 (uncond+cond), {dtype}, {dev}")
+    for scaling in ("V only", "K+mean(V) w/ C penalty"):
+        entry = apply.make_entry(host, ad, embeds(ad, 1), weights.resolve_layer_weights(arch), weight_curve=fade,
+                                 embeds_scaling=scaling)
+        total = 0.0
+        for site in layer_map(arch):
+            width = ad.layer_widths[site.ckpt_index]
+            q = torch.empty(2, 1, width, device=dev, dtype=dtype if dev.type != "cpu" else torch.float32)
+            entry.kv_at(site, q, (1, 0), None, 0.5)  # warm the caches
+            with_m, without = [], []
+            for _ in range(repeats):
+                for m, acc in ((0.5, with_m), (1.0, without)):
+                    start = time.perf_counter()
+                    entry.kv_at(site, q, (1, 0), None, m)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    acc.append(time.perf_counter() - start)
+            total += statistics.median(with_m) - statistics.median(without)
+        lookups = []
+        for i in range(repeats * 10):
+            sigma = 5.0 * (1 + 1e-6 * (i + 1))  # a new sigma each time: no cached answer
+            start = time.perf_counter()
+            entry.curve.at(sigma)
+            lookups.append(time.perf_counter() - start)
+        lookup = statistics.median(lookups)
+        print(f"  {scaling}: K/V rescale at {len(layer_map(arch))} layers {total * 1e3:.3f} ms, curve lookup "
+              f"{lookup * 1e6:.1f} us: {(total + lookup) * 1e3:.3f} ms per UNet call")
 
 
 def patch_overhead(variants, x, t, ctx, y, repeats: int = 20) -> dict[str, float]:
@@ -243,14 +260,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--fp16", action="store_true", help="UNet and adapters in fp16 (GPU)")
     parser.add_argument("--skip-load", action="store_true")
-    parser.add_argument("--curve", action="store_true", help="also time a Plus adapter with a weight curve")
+    parser.add_argument("--curve", action="store_true", help="only what a weight curve adds per UNet call")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"runtime: {runtime.boot(None).describe()}; torch {torch.__version__}; device {mm.get_torch_device()}; "
           f"threads {torch.get_num_threads()}")
     dtype = torch.float16 if args.fp16 else torch.float32
     for arch in args.arch:
-        bench_steps(arch, args.latent, args.rounds, dtype, curve=args.curve)
+        if args.curve:
+            bench_curve(arch, dtype)
+            continue
+        bench_steps(arch, args.latent, args.rounds, dtype)
     if not args.skip_load:
         bench_load()
 
