@@ -309,3 +309,24 @@ def test_node_with_a_negative_of_another_token_count_fails_with_the_file_named(m
     result = executor.run_prompt(fooocus_graph("short_negative.safetensors", prefix="fooocus_bad"))
     assert not result.success
     assert "short_negative.safetensors holds 8 tokens" in str(result.error)
+
+
+def test_advanced_node_in_joint_mode_is_the_fooocus_node_without_its_stop(models_dir):
+    fooocus_graph()  # writes the reference image
+    node = fooocus_graph(mode="custom", weight=0.9, stop_at=1.0, prefix="fooocus_as_advanced")
+    node["13"]["inputs"]["crop"] = "center crop"
+    advanced = fooocus_graph(prefix="advanced_joint")
+    advanced["13"] = {"class_type": "IPAdapterAdvanced", "inputs": {
+        "model": ["1", 0], "ipadapter": ["10", 0], "image": ["12", 0], "weight": 0.9, "weight_type": "linear",
+        "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": fooocus.FOOOCUS_SCALING,
+        "clip_vision": ["11", 0], "attention_mode": "joint"}}
+    (a,) = executor.run_prompt(node).raise_for_error().image_tensors()
+    (b,) = executor.run_prompt(advanced).raise_for_error().image_tensors()
+    # Equal up to 8-bit rounding: the default negative is projected with the first reference and reused
+    # (alone) by the second run, which changes float rounding in the projection, not the formula.
+    assert (a - b).abs().max() <= 1 / 255 + 1e-6
+    decoupled = dict(advanced, **{"13": {**advanced["13"], "inputs": {**advanced["13"]["inputs"],
+                                                                     "attention_mode": "decoupled"}}})
+    decoupled["7"] = {**decoupled["7"], "inputs": {**decoupled["7"]["inputs"], "filename_prefix": "advanced_dec"}}
+    (c,) = executor.run_prompt(decoupled).raise_for_error().image_tensors()
+    assert (a - c).abs().mean() > 10 / 255  # joint is not the adapters' own formulation
