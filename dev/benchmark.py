@@ -4,7 +4,9 @@ Full-size SD1.5 / SDXL UNet shapes with random weights, built through ComfyUI's 
 full-size synthetic adapters from the fixture factory. Variants are timed interleaved in one run, and
 overheads are medians of per-round ratios, so drift on a shared machine affects both sides alike.
 
-    .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12]
+    .venv/bin/python dev/benchmark.py [--arch sd15 sdxl] [--latent 32] [--rounds 12] [--curve]
+
+``--curve`` measures only what a weight curve adds per UNet call (``bench_curve``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import comfy.supported_models  # noqa: E402
 
 from harness import adapter_factory, dims, tiny_models  # noqa: E402
 from ipadapter_next.ipadapter import adapter as adapter_mod  # noqa: E402
-from ipadapter_next.ipadapter import apply, attention, checkpoint  # noqa: E402
+from ipadapter_next.ipadapter import apply, attention, checkpoint, curves, weights  # noqa: E402
+from ipadapter_next.ipadapter.layers import layer_map  # noqa: E402
 
 FAMILIES = {
     "sd15": {"basic": "ip-adapter_sd15", "plus": "ip-adapter-plus_sd15", "full-face": "ip-adapter-full-face_sd15"},
@@ -117,6 +120,44 @@ def bench_steps(arch: str, latent: int, rounds: int, dtype: torch.dtype) -> None
         extra_s = f"   in-patch time {extra * 1000:6.1f} ms/step = {extra / statistics.median(base_t) * 100:.2f}%" if extra is not None else ""
         print(f"  {name:<14} {statistics.median(ts) * 1000:>10.1f}ms {ratio * 100:>+39.2f}%{extra_s}")
     bench_apply(arch, base, adapters["plus"])
+
+
+def bench_curve(arch: str, dtype: torch.dtype, repeats: int = 200) -> None:
+    """What a weight curve adds per UNet call, measured where it acts (no UNet step, whose noise on a shared
+    machine is far larger): one curve lookup, plus at every layer the rescale of the cached K/V by the
+    multiplier (``kv_at`` at m != 1 against m == 1, interleaved), for a full-size Plus adapter."""
+    dev = mm.get_torch_device()
+    ad = full_adapter(FAMILIES[arch]["plus"], dtype)
+    host = tiny_models.build_unet(arch)  # make_entry reads only the compute dtype and the sampling schedule
+    fade = curves.make_curve("fade out", "ease")
+    mm.load_models_gpu([ad.patcher])
+    print(f"\n[{arch}] weight curve cost per UNet call, full-size Plus adapter, batch 2 (uncond+cond), {dtype}, {dev}")
+    for scaling in ("V only", "K+mean(V) w/ C penalty"):
+        entry = apply.make_entry(host, ad, embeds(ad, 1), weights.resolve_layer_weights(arch), weight_curve=fade,
+                                 embeds_scaling=scaling)
+        total = 0.0
+        for site in layer_map(arch):
+            width = ad.layer_widths[site.ckpt_index]
+            q = torch.empty(2, 1, width, device=dev, dtype=dtype if dev.type != "cpu" else torch.float32)
+            entry.kv_at(site, q, (1, 0), None, 0.5)  # warm the caches
+            with_m, without = [], []
+            for _ in range(repeats):
+                for m, acc in ((0.5, with_m), (1.0, without)):
+                    start = time.perf_counter()
+                    entry.kv_at(site, q, (1, 0), None, m)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    acc.append(time.perf_counter() - start)
+            total += statistics.median(with_m) - statistics.median(without)
+        lookups = []
+        for i in range(repeats * 10):
+            sigma = 5.0 * (1 + 1e-6 * (i + 1))  # a new sigma each time: no cached answer
+            start = time.perf_counter()
+            entry.curve.at(sigma)
+            lookups.append(time.perf_counter() - start)
+        lookup = statistics.median(lookups)
+        print(f"  {scaling}: K/V rescale at {len(layer_map(arch))} layers {total * 1e3:.3f} ms, curve lookup "
+              f"{lookup * 1e6:.1f} us: {(total + lookup) * 1e3:.3f} ms per UNet call")
 
 
 def patch_overhead(variants, x, t, ctx, y, repeats: int = 20) -> dict[str, float]:
@@ -219,12 +260,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--fp16", action="store_true", help="UNet and adapters in fp16 (GPU)")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--curve", action="store_true", help="only what a weight curve adds per UNet call")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"runtime: {runtime.boot(None).describe()}; torch {torch.__version__}; device {mm.get_torch_device()}; "
           f"threads {torch.get_num_threads()}")
     dtype = torch.float16 if args.fp16 else torch.float32
     for arch in args.arch:
+        if args.curve:
+            bench_curve(arch, dtype)
+            continue
         bench_steps(arch, args.latent, args.rounds, dtype)
     if not args.skip_load:
         bench_load()

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from harness import REPO_ROOT as REPO
-from harness.workflow_builder import Node, Output, Workflow, interface_nodes  # noqa: F401 (tests use it)
+from harness.workflow_builder import Node, Output, Workflow, interface_nodes, schema_for  # noqa: F401 (tests use it)
 
 OUT_DIR = REPO / "example_workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -42,8 +42,9 @@ SIZE = {SD15: 512, SDXL: 1024}
 class Graph:
     """One workflow with the parts every example shares: checkpoint, prompts, latent, sampler, save."""
 
-    def __init__(self, info: str, checkpoint: str = SD15, positive: str = "a portrait photo, best quality"):
-        self.wf = Workflow(info)
+    def __init__(self, info: str, checkpoint: str = SD15, positive: str = "a portrait photo, best quality",
+                 schemas=schema_for):
+        self.wf = Workflow(info, schemas)
         self.ckpt = self.wf.node("CheckpointLoaderSimple", ckpt_name=checkpoint)
         self.positive = self.text(positive)
         self.negative = self.text(NEGATIVE_TEXT)
@@ -351,6 +352,7 @@ def faceid() -> Workflow:
     return g.wf
 
 
+<<<<<<< HEAD
 def train() -> Workflow:
     g = Graph("Trains a small IP-Adapter Plus in the graph (IPAdapter Train: two captioned images, the reference "
               "recipe, saved to models/ipadapter/ipadapter_trained_example.safetensors) and applies it at once "
@@ -433,6 +435,59 @@ def sd35_instantx() -> Workflow:
     decoded = wf.node("VAEDecode", samples=sampled.out(), vae=ckpt.out("VAE"))
     wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_sd35_instantx")
     return wf
+=======
+def pack_nodes() -> dict:
+    """This pack's node classes (the generator boots ComfyUI with the pack loaded)."""
+    from harness import runtime
+
+    return dict(runtime.load_this_pack().NODE_CLASS_MAPPINGS)
+
+
+def current_schema(kind: str):
+    """Our nodes as they are now, inputs added after the old extension included (for the examples that use
+    them); ComfyUI's own nodes from the pinned table as everywhere."""
+    from harness import core_nodes
+    from harness.workflow_builder import NodeSchema
+
+    pack = pack_nodes()
+    if kind in pack:
+        return NodeSchema.from_interface(core_nodes.interface_entry(pack[kind]))
+    return schema_for(kind)
+
+
+FOOOCUS_NEGATIVE = "fooocus_ip_negative.safetensors"
+
+
+def fooocus() -> Workflow:
+    g = Graph(f"Fooocus's image prompt on SDXL: two IPAdapter Fooocus nodes (Image Prompt preset: weight 0.6, stop "
+              f"0.5) add {REFERENCE} and {REFERENCE_2} to one joint attention, as Fooocus does with two image "
+              f"prompts. Files: {PLUS_SDXL} and Fooocus's {FOOOCUS_NEGATIVE} in models/ipadapter, {VIT_H} in "
+              "models/clip_vision. The references are stretched to the encoder's square (crop: stretch), as in "
+              "Fooocus.", checkpoint=SDXL, positive="a cinematic photo, best quality", schemas=current_schema)
+    ipadapter, clip_vision = loaders(g, PLUS_SDXL)
+    model = g.ckpt.out("MODEL")
+    for name in (REFERENCE, REFERENCE_2):
+        model = g.node("IPAdapterFooocus", model=model, ipadapter=ipadapter.out(), image=g.image(name).out("IMAGE"),
+                       mode="Image Prompt", negative_file=FOOOCUS_NEGATIVE, clip_vision=clip_vision.out()).out()
+    g.render(model, "ipadapter_fooocus")
+    return g.wf
+
+
+def weight_curve() -> Workflow:
+    g = Graph("Weight curves: the same image prompt fading out (full weight at the first step, none at the last: "
+              "the reference sets the composition, the text prompt the details) and fading in (the reverse), "
+              f"each from an IPAdapter Weight Curve into IPAdapter Advanced's weight_curve input. Put {REFERENCE} "
+              "in ComfyUI's input folder.", schemas=current_schema)
+    ipadapter, clip_vision = loaders(g)
+    image = g.image()
+    for preset in ("fade out", "fade in"):
+        curve = g.node("IPAdapterWeightCurve", preset=preset, interpolation="ease")
+        model = g.node("IPAdapterAdvanced", model=g.ckpt.out("MODEL"), ipadapter=ipadapter.out(),
+                       image=image.out("IMAGE"), clip_vision=clip_vision.out(), weight_curve=curve.out(),
+                       **common(1.0))
+        g.render(model.out(), f"ipadapter_weight_curve_{preset.replace(' ', '_')}")
+    return g.wf
+>>>>>>> fooocus
 
 
 WORKFLOWS = {
@@ -451,9 +506,14 @@ WORKFLOWS = {
     "ipadapter_embeds_save": embeds_save,
     "ipadapter_embeds_load": embeds_load,
     "ipadapter_faceid": faceid,
+<<<<<<< HEAD
     "ipadapter_train": train,
     "ipadapter_flux_xlabs": flux_xlabs,
     "ipadapter_sd35_instantx": sd35_instantx,
+=======
+    "ipadapter_fooocus": fooocus,
+    "ipadapter_weight_curve": weight_curve,
+>>>>>>> fooocus
 }
 
 
@@ -467,6 +527,7 @@ def boot_comfyui() -> None:
     from harness import runtime
 
     runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-workflows-")))
+<<<<<<< HEAD
     runtime.init_nodes(load_pack=True)  # nodes newer than the old extension's table are read from the pack
 
 
@@ -475,6 +536,9 @@ def pack_nodes() -> set[str]:
     from harness import runtime
 
     return set(runtime.load_this_pack().NODE_CLASS_MAPPINGS)
+=======
+    runtime.init_nodes(load_pack=True)  # the examples of new nodes read them from the pack
+>>>>>>> fooocus
 
 
 def main() -> int:
@@ -489,8 +553,13 @@ def main() -> int:
         from harness import core_nodes, workflow_builder
 
         used = {node["type"] for path in OUT_DIR.glob("*.json") for node in json.loads(path.read_text())["nodes"]}
+<<<<<<< HEAD
         core = used - set(workflow_builder.interface_nodes()) - pack_nodes()
         print(f"wrote {core_nodes.write_pinned(sorted(core)).relative_to(REPO)}")
+=======
+        ours = set(workflow_builder.interface_nodes()) | set(pack_nodes())
+        print(f"wrote {core_nodes.write_pinned(sorted(used - ours)).relative_to(REPO)}")
+>>>>>>> fooocus
         core_nodes.pinned.cache_clear()
     stale = []
     for name, text in build_all().items():

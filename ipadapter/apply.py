@@ -9,6 +9,7 @@ from torch import Tensor
 from . import dit_patch, sd3_patch
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
+from .curves import WeightCurve, bind_curve
 from .encode import check_encoder, combine_embeds, encode_images, negative_embeds
 from .errors import FaceIDError, ModelMismatchError
 from .inputs import require_finite, require_images
@@ -17,7 +18,8 @@ from .flux import unsupported as unsupported_on_dit
 from .layers import ARCH_NAMES, layer_map, model_arch
 from .progress import tracked
 from .tiles import enhance_features, tile_reference
-from .weights import COMPOSITION_LAYERS, Weight, as_frame_weights, find_embeds_scaling, resolve_layer_weights
+from .weights import (COMPOSITION_LAYERS, LayerWeight, Weight, as_frame_weights, find_embeds_scaling,
+                      resolve_layer_weights)
 
 
 def require_non_faceid(adapter: Adapter, node: str = "this node") -> None:
@@ -125,6 +127,7 @@ def apply_adapter(
     boost: float | None = None,
     layer_weights=None,
     unfold: bool = False,
+    attention_mode: str = "decoupled",
     **entry_options,
 ):
     """Return a patched clone of ``model``; ``model`` itself is unchanged.
@@ -132,10 +135,13 @@ def apply_adapter(
     ``weight`` may be a list (one value per frame, e.g. from IPAdapter Weights): with ``unfold`` latent i
     gets weight i, otherwise the first value is used, as in the old extension. ``entry_options`` are
     ``make_entry``'s (combine, start_at, end_at, embeds_scaling, attn_mask, mask_interpolation,
-    token_transform)."""
+    token_transform, weight_curve). ``attention_mode`` "joint" is Fooocus's one softmax over text and image
+    tokens (see ``ATTENTION_MODES``)."""
     for name, value in (("weight", weight), ("weight_composition", weight_composition), ("boost", boost),
                         ("start_at", entry_options.get("start_at", 0.0)), ("end_at", entry_options.get("end_at", 1.0))):
         require_finite(name, value)  # before the per-architecture paths, so every one of them is covered
+    if adapter.spec.arch == "sd3" or is_dit(adapter.spec.arch):
+        unsupported_on_transformers(adapter, attention_mode, entry_options.get("weight_curve"))
     if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
         return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
                                            layer_weights=layer_weights, unfold=unfold, **entry_options)
@@ -144,10 +150,43 @@ def apply_adapter(
         entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
         return dit_patch.apply_dit_entries(model, (entry,), blocks)
     check_model(adapter, model)
-    weights = resolve_layer_weights(adapter.spec.arch, weight_type, frame_weight(weight, unfold),
-                                    weight_composition, boost, layer_weights)
-    entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
+    resolve = joint_layer_weights if find_attention_mode(attention_mode) else resolve_layer_weights
+    weights = resolve(adapter.spec.arch, weight_type, frame_weight(weight, unfold), weight_composition, boost,
+                      layer_weights)
+    entry = make_entry(model, adapter, embeds, weights, unfold=unfold, attention_mode=attention_mode,
+                       **entry_options)
     return apply_entry(model, entry, adapter.spec.arch)
+
+
+def unsupported_on_transformers(adapter: Adapter, attention_mode: str, weight_curve) -> None:
+    """UNet-only controls on a Flux / SD3.5 adapter: refused before anything is patched."""
+    if find_attention_mode(attention_mode):
+        raise ValueError(unsupported_on_dit("attention_mode 'joint' (Fooocus's one softmax)", adapter.name,
+                                            adapter.spec.arch) + " Set attention_mode to 'decoupled'.")
+    if weight_curve is not None and adapter.spec.arch == "sd3":  # its time-conditioned tokens have no curve yet
+        raise ValueError(unsupported_on_dit("weight_curve", adapter.name, adapter.spec.arch)
+                         + " Disconnect weight_curve; start_at/end_at limit the adapter to part of sampling.")
+
+
+# attention_mode -> joint? "decoupled": the adapters' own design, image attention added to the text's;
+# "joint": Fooocus's, image tokens appended to the text tokens in one softmax.
+ATTENTION_MODE_TABLE: dict[str, bool] = {"decoupled": False, "joint": True}
+ATTENTION_MODES = tuple(ATTENTION_MODE_TABLE)
+
+
+def find_attention_mode(name: str) -> bool:
+    """True for a joint mode; ValueError listing the choices for an unknown one."""
+    if name not in ATTENTION_MODE_TABLE:
+        raise ValueError(f"unknown attention_mode {name!r}; choose one of {', '.join(ATTENTION_MODES)}")
+    return ATTENTION_MODE_TABLE[name]
+
+
+def joint_layer_weights(arch: str, weight_type: str = "linear", weight: Weight = 1.0, *args) -> dict:
+    """``resolve_layer_weights`` for joint mode: the layers the weight type reaches keep their entry at weight 0,
+    because a joint image prompt at weight 0 still appends its tokens (Fooocus's weight-0 result)."""
+    reached = resolve_layer_weights(arch, weight_type, 1.0, *args)
+    weighted = resolve_layer_weights(arch, weight_type, weight, *args)
+    return {key: weighted.get(key, LayerWeight(0.0, lw.swap)) for key, lw in reached.items()}
 
 
 def frame_weight(weight, unfold: bool) -> Weight:
@@ -172,16 +211,30 @@ def make_entry(
     unfold: bool = False,
     mask_interpolation: str = "bilinear",
     token_transform=None,
+    weight_curve: WeightCurve | None = None,
+    attention_mode: str = "decoupled",
+    uncond_tokens: Tensor | None = None,
+    gate=None,
 ) -> AdapterEntry:
-    """Combine and project ``embeds`` and bundle them with resolved per-layer ``weights`` into one entry."""
+    """Combine and project ``embeds`` and bundle them with resolved per-layer ``weights`` into one entry.
+
+    ``uncond_tokens``: a negative already in token space (Fooocus's file), used as it is instead of projecting
+    ``embeds.uncond``. ``gate``: an extra on/off from the sigma (``fooocus.FooocusStop``)."""
     find_embeds_scaling(embeds_scaling)  # fail here, not in the middle of sampling
     require_finite("start_at", start_at)
     require_finite("end_at", end_at)
+    joint = find_attention_mode(attention_mode)
+    if joint and attn_mask is not None:
+        raise ValueError("attn_mask is not available with attention_mode 'joint' (the image tokens share the "
+                         "text's softmax, so they cannot be cut out per region): disconnect attn_mask or use "
+                         "attention_mode 'decoupled'.")
     cond, uncond = embeds.cond, embeds.uncond
     if not unfold and combine != "concat" and cond.shape[0] > 1:
         cond = combine_embeds(cond, combine)
         uncond = uncond[:1]
-    if embeds.cond_extra or embeds.uncond_extra:
+    if uncond_tokens is not None:
+        cond_tokens = adapter.project(cond, dtype=compute_dtype(model))
+    elif embeds.cond_extra or embeds.uncond_extra:
         dtype = compute_dtype(model)
         cond_tokens = adapter.project(cond, dtype=dtype, **embeds.cond_extra)
         uncond_tokens = adapter.project(uncond, dtype=dtype, **embeds.uncond_extra)
@@ -205,6 +258,9 @@ def make_entry(
         unfold=unfold,
         layer_widths=widths,
         max_width=max(widths.values()),
+        joint=joint,
+        curve=bind_curve(weight_curve, sampling),
+        gate=gate,
     )
 
 

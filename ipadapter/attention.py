@@ -2,6 +2,11 @@
 
     out = inner(q, k, v) + sum over active entries of  w_layer * Attn(q, K_ip, V_ip) [* mask]
 
+Joint entries (Fooocus's formulation, ``joint=True``) instead append their K_ip / V_ip to the text's k / v
+before ``inner`` runs, so text and image tokens share one softmax; several joint entries all append to it.
+A weight curve (``curve``) multiplies an entry's weight per UNet call: the cached K/V are rescaled by that
+one number (``AdapterEntry.kv_at``), never rebuilt.
+
 ``inner`` is whatever was registered at the key before (another extension's patch, or ComfyUI's own
 attention when nothing was). Patch objects never change once attached: applying another adapter
 builds a new patch holding the old entries plus the new one.
@@ -42,11 +47,19 @@ class AdapterEntry:
     unfold: bool = False  # image i conditions latent i, instead of all images conditioning every latent
     layer_widths: Mapping[int, int] = field(default_factory=dict)  # N -> channels, for the C penalty
     max_width: int = 1280
+    joint: bool = False  # one softmax over text + image tokens (Fooocus); weight-0 layers stay in ``weights``
+    curve: Any = None  # curves.BoundCurve: weight multiplier per UNet call, from the sigma
+    gate: Any = None  # extra on/off from the sigma (fooocus.FooocusStop): ``active(sigma) -> bool``
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def active(self, sigma: float | None) -> bool:
-        return sigma is None or self.sigma_end <= sigma <= self.sigma_start
+        if sigma is None:
+            return True
+        return self.sigma_end <= sigma <= self.sigma_start and (self.gate is None or self.gate.active(sigma))
+
+    def multiplier(self, sigma: float | None) -> float:
+        return 1.0 if self.curve is None else self.curve.at(sigma)
 
     # Raw K/V per layer, device and dtype: computed once, reused by every step of every sampling run.
     def _kv(self, site: LayerSite, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,6 +117,45 @@ class AdapterEntry:
             kc, vc, ku, vu = self._scaled(site, w, kc, vc, ku, vu)
             out = (torch.cat([ku if c == 1 else kc for c in cond_or_uncond]),
                    torch.cat([vu if c == 1 else vc for c in cond_or_uncond]))
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def kv_at(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...], frames: Frames,
+              m: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kv_batch`` at this call's weight multiplier ``m`` (from the curve): the cached K/V rescaled."""
+        if frames is None:
+            k, v = self.kv_batch(site, q, cond_or_uncond)
+        else:
+            k, v = self.kv_batch(site, q, cond_or_uncond, frames)
+        if m == 1.0:
+            return k, v
+        scaling = find_embeds_scaling(self.scaling)
+        if scaling.k_scaled:
+            k = k * m
+        if scaling.v_mean:
+            v = torch.add(v, self._mean_batch(site, q, cond_or_uncond, frames), alpha=m - 1.0)
+        else:
+            v = v * m
+        return k, v
+
+    def _mean_batch(self, site: LayerSite, q: torch.Tensor, cond_or_uncond: tuple[int, ...],
+                    frames: Frames) -> torch.Tensor:
+        """The weighted token mean of V (``EmbedsScaling.mean_part``) laid out like ``kv_batch``."""
+        per = q.shape[0] // len(cond_or_uncond)
+        key = ("mean", site.key, q.device, q.dtype, cond_or_uncond, per, frames)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        _, vc, _, vu = (_frame_rows(t, per, frames if self.unfold else None) for t in self._kv(site, q))
+        w = self.weights[site.key].weight
+        if isinstance(w, torch.Tensor):
+            w = _frame_rows(w, per, frames).to(q.device, q.dtype).view(-1, 1, 1)
+        scaling = find_embeds_scaling(self.scaling)
+        width = self.layer_widths.get(site.ckpt_index, self.max_width)
+        with torch.no_grad():
+            mc, mu = (scaling.mean_part(w, width, self.max_width, t) for t in (vc, vu))
+            out = torch.cat([mu if c == 1 else mc for c in cond_or_uncond])
         with self._lock:
             self._cache[key] = out
         return out
@@ -185,6 +237,15 @@ class IPAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
+        active = ()
+        if self._weighted:
+            sigma = _current_sigma(extra_options)
+            # One curve lookup per entry and UNet call: later layers of the call find it cached.
+            active = tuple((e, e.multiplier(sigma)) for e in self._weighted if e.active(sigma))
+            cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
+            frames = _frames(extra_options)
+            if any(e.joint for e, _ in active):
+                k, v = self._joined(q, k, v, active, cond_or_uncond, frames)
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
         else:  # exactly what ComfyUI computes without a patch
@@ -192,19 +253,11 @@ class IPAttention:
             # optimized_attention_override another extension set is honoured here as on unpatched layers.
             out = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                                       transformer_options=extra_options)
-        if not self._weighted:
-            return out
-        sigma = _current_sigma(extra_options)
-        cond_or_uncond = tuple(extra_options.get("cond_or_uncond") or (0,))
-        frames = _frames(extra_options)
         owned = False  # out is a tensor this call made (not the inner patch's): safe to add into
-        for entry in self._weighted:
-            if not entry.active(sigma):
+        for entry, m in active:
+            if entry.joint or m == 0.0:  # joint: already in out; decoupled at weight 0: nothing to add
                 continue
-            if frames is None:
-                ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond)
-            else:
-                ip_k, ip_v = entry.kv_batch(self.site, q, cond_or_uncond, frames)
+            ip_k, ip_v = entry.kv_at(self.site, q, cond_or_uncond, frames, m)
             # A handful of image tokens: PyTorch's fused attention is the fast choice on every device
             # (ComfyUI's CPU default, sub-quadratic chunking, costs 2-3x more per call here).
             ip = comfy_attention.attention_pytorch(q, ip_k, ip_v, heads)
@@ -216,6 +269,16 @@ class IPAttention:
             else:
                 out, owned = out + ip, True
         return out
+
+    def _joined(self, q, k, v, active, cond_or_uncond, frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text k / v with every active joint entry's image tokens appended (weight 0 included: Fooocus)."""
+        ks, vs = [k], [v]
+        for entry, m in active:
+            if entry.joint:
+                ip_k, ip_v = entry.kv_at(self.site, q, cond_or_uncond, frames, m)
+                ks.append(ip_k)
+                vs.append(ip_v)
+        return torch.cat(ks, dim=1), torch.cat(vs, dim=1)
 
     # ComfyUI 0.3.75 deep-copies model_options on clone; sharing is what newer versions do and what we want.
     def __deepcopy__(self, memo):

@@ -50,7 +50,8 @@ class DoubleBlockIP:
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
         sigma = _current_sigma(options)
-        active = [e for e in self._weighted if e.active(sigma)]
+        # One curve lookup per entry and call; a curve at 0 turns the entry off for this call.
+        active = [(e, m) for e in self._weighted if e.active(sigma) for m in (e.multiplier(sigma),) if m != 0.0]
         q = None
         if active:  # before the block: it adds into img in place
             block = self.diffusion_model.double_blocks[self.site.ckpt_index]
@@ -64,8 +65,8 @@ class DoubleBlockIP:
         like = img[:, :length]  # [B, L, C]: batch, device and dtype for the cached K/V
         cond_or_uncond = tuple(options.get("cond_or_uncond") or (0,))
         total = None
-        for entry in active:
-            ip_k, ip_v = entry.kv_batch(self.site, like, cond_or_uncond)
+        for entry, m in active:
+            ip_k, ip_v = entry.kv_at(self.site, like, cond_or_uncond, None, m)  # cached K/V at the curve's weight
             k = ip_k.view(batch, -1, heads, head_dim).transpose(1, 2)
             v = ip_v.view(batch, -1, heads, head_dim).transpose(1, 2)
             ip = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, heads * head_dim)

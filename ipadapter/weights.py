@@ -162,6 +162,24 @@ class EmbedsScaling:
             w = w * width / max_width
         return self.scale_k(kc, w), self.scale_v(vc, w), self.scale_k(ku, w), self.scale_v(vu, w)
 
+    # A weight curve multiplies the weight per UNet call by m; these say how cached K/V follow (curves.py).
+    @property
+    def k_scaled(self) -> bool:
+        """K is proportional to the weight (so K at weight w * m is m times K at w)."""
+        return self.scale_k is _scaled
+
+    @property
+    def v_mean(self) -> bool:
+        """Only V's token mean follows the weight: V(w * m) = V(w) + (m - 1) * ``mean_part``; otherwise V is
+        proportional to the weight."""
+        return self.scale_v is _mean_scaled
+
+    def mean_part(self, w: Weight, width: int, max_width: int, v: torch.Tensor) -> torch.Tensor:
+        """The weighted token mean of raw V (the part of V a weight change moves), [rows, 1, C]."""
+        if self.channel_penalty:
+            w = w * width / max_width
+        return w * v.mean(dim=1, keepdim=True)
+
 
 EMBEDS_SCALING_TABLE: dict[str, EmbedsScaling] = {s.name: s for s in (
     # Attn(q, K, w V) = w Attn(q, K, V): V is scaled once, not every attention call.

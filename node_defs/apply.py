@@ -28,7 +28,7 @@ class _ImageApply(_Apply):
     def apply_ipadapter(self, model, ipadapter, image, weight=1.0, weight_type="linear", combine_embeds="concat",
                         start_at=0.0, end_at=1.0, embeds_scaling="V only", encode_batch_size=0, image_negative=None,
                         attn_mask=None, clip_vision=None, negative_mode="black image", enhance_tiles=1,
-                        enhance_ratio=1.0, **options):
+                        enhance_ratio=1.0, weight_curve=None, attention_mode="decoupled", **options):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         if clip_vision is None and self.NO_ENCODER:
             raise ValueError(self.NO_ENCODER)
@@ -37,26 +37,29 @@ class _ImageApply(_Apply):
         return (apply_adapter(model, adapter, embeds, weight=weight, weight_type=self.WEIGHT_TYPE or weight_type,
                               combine=combine_embeds, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
                               attn_mask=attn_mask, unfold=self.UNFOLD,
-                              boost=options.get(self.BOOST) if self.BOOST else None),)
+                              boost=options.get(self.BOOST) if self.BOOST else None, weight_curve=weight_curve,
+                              attention_mode=attention_mode),)
 
 
 class IPAdapterSimple(_ImageApply):
     NODE_KEY = "IPAdapter"  # the old extension's key
     REQUIRED = ("model", "ipadapter", "image", WEIGHT_UP_TO_3, "start_at", "end_at",
                 ("weight_type", SIMPLE_WEIGHT_TYPE))
-    OPTIONAL = ("attn_mask", "clip_vision")
+    OPTIONAL = ("attn_mask", "clip_vision", "weight_curve")
     NO_ENCODER = ("IPAdapter needs a CLIP vision model: use the IPAdapter Unified Loader (it bundles one) "
                   "or connect clip_vision.")
 
     def apply_ipadapter(self, model, ipadapter, image, weight, start_at, end_at, weight_type, attn_mask=None,
-                        clip_vision=None):
+                        clip_vision=None, weight_curve=None):
         return super().apply_ipadapter(model, ipadapter, image, weight, SIMPLE_WEIGHT_TYPES[weight_type],
-                                       start_at=start_at, end_at=end_at, attn_mask=attn_mask, clip_vision=clip_vision)
+                                       start_at=start_at, end_at=end_at, attn_mask=attn_mask, clip_vision=clip_vision,
+                                       weight_curve=weight_curve)
 
 
 class IPAdapterAdvanced(_ImageApply):
     REQUIRED = ("model", "ipadapter", "image", "weight", "weight_type", "combine_embeds", "start_at", "end_at",
                 "embeds_scaling")
+    OPTIONAL = APPLY_OPTIONAL + ("attention_mode",)
 
 
 class IPAdapterBatch(_ImageApply):
@@ -108,11 +111,11 @@ class IPAdapterMS(_Apply):
     CATEGORY = "ipadapter/dev"
     REQUIRED = ("model", "ipadapter", "image", "weight", "weight_faceidv2", "weight_type", "combine_embeds",
                 "start_at", "end_at", "embeds_scaling", "layer_weights")
-    OPTIONAL = ("image_negative", "attn_mask", "clip_vision", "insightface", "negative_mode")
+    OPTIONAL = ("image_negative", "attn_mask", "clip_vision", "insightface", "negative_mode", "weight_curve")
 
     def apply_ipadapter(self, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds,
                         start_at, end_at, embeds_scaling, layer_weights="", image_negative=None, attn_mask=None,
-                        clip_vision=None, insightface=None, negative_mode="black image"):
+                        clip_vision=None, insightface=None, negative_mode="black image", weight_curve=None):
         pipeline = Pipeline.of(ipadapter)
         if insightface is None and pipeline is not None:
             insightface = pipeline.insightface(raise_load_error=False)
@@ -120,7 +123,8 @@ class IPAdapterMS(_Apply):
         # Only the precise types survive layer_weights (their token swap still applies): the old rule.
         parsed = parse_any_layer_weights(layer_weights, adapter.spec.arch) or None
         options = dict(weight=weight, weight_type=weight_type, start_at=start_at, end_at=end_at,
-                       embeds_scaling=embeds_scaling, attn_mask=attn_mask, layer_weights=parsed)
+                       embeds_scaling=embeds_scaling, attn_mask=attn_mask, layer_weights=parsed,
+                       weight_curve=weight_curve)
         if adapter.spec.is_faceid:
             from ..ipadapter import faceid  # FaceID glue loads insightface lazily
 
@@ -139,7 +143,7 @@ class IPAdapterStyleComposition(_Apply):
 
     def apply_ipadapter(self, model, ipadapter, image_style, image_composition, weight_style, weight_composition,
                         expand_style, start_at, end_at, embeds_scaling, combine_embeds="concat", image_negative=None,
-                        attn_mask=None, clip_vision=None, negative_mode="black image"):
+                        attn_mask=None, clip_vision=None, negative_mode="black image", weight_curve=None):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         style = encode_for(adapter, clip_vision, image_style, image_negative, negative_mode=negative_mode)
         composition = encode_for(adapter, clip_vision, image_composition, negative_mode=negative_mode)
@@ -147,7 +151,8 @@ class IPAdapterStyleComposition(_Apply):
         return (apply_style_composition(model, adapter, style, composition, weight_style=weight_style,
                                         weight_composition=weight_composition, expand_style=expand_style,
                                         unfold=self.UNFOLD, combine=combine_embeds, start_at=start_at,
-                                        end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask),)
+                                        end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+                                        weight_curve=weight_curve),)
 
 
 class IPAdapterStyleCompositionBatch(IPAdapterStyleComposition):
@@ -166,12 +171,13 @@ class IPAdapterTiled(_Apply):
 
     def apply_tiled(self, model, ipadapter, image, weight, weight_type, start_at, end_at, sharpening,
                     embeds_scaling, combine_embeds="concat", encode_batch_size=0, image_negative=None,
-                    attn_mask=None, clip_vision=None, negative_mode="black image"):
+                    attn_mask=None, clip_vision=None, negative_mode="black image", weight_curve=None):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         return apply_tiled(model, adapter, clip_vision, image, weight=weight, weight_type=weight_type,
                            sharpening=sharpening, attn_mask=attn_mask, image_negative=image_negative,
                            batch_size=encode_batch_size, negative_mode=negative_mode, unfold=self.UNFOLD,
-                           combine=combine_embeds, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling)
+                           combine=combine_embeds, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
+                           weight_curve=weight_curve)
 
 
 class IPAdapterTiledBatch(IPAdapterTiled):

@@ -33,17 +33,18 @@ class IPAdapterEmbeds(FromSpecs):
     FUNCTION = "apply_ipadapter"
     REQUIRED = ("model", "ipadapter", "pos_embed", WEIGHT_UP_TO_3, "weight_type", "start_at", "end_at",
                 "embeds_scaling")
-    OPTIONAL = ("neg_embed", "attn_mask", "clip_vision", "negative_mode")
+    OPTIONAL = ("neg_embed", "attn_mask", "clip_vision", "negative_mode", "weight_curve")
     UNFOLD = False
 
     def apply_ipadapter(self, model, ipadapter, pos_embed, weight, weight_type, start_at, end_at, embeds_scaling,
-                        neg_embed=None, attn_mask=None, clip_vision=None, negative_mode="black image"):
+                        neg_embed=None, attn_mask=None, clip_vision=None, negative_mode="black image",
+                        weight_curve=None):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         if neg_embed is None:
             neg_embed = negative_for_embeds(adapter.spec, adapter.name, clip_vision, pos_embed, negative_mode)
         return (apply_adapter(model, adapter, Embeds(pos_embed, neg_embed), weight=weight, weight_type=weight_type,
                               start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                              unfold=self.UNFOLD),)
+                              unfold=self.UNFOLD, weight_curve=weight_curve),)
 
 
 class IPAdapterEmbedsBatch(IPAdapterEmbeds):

@@ -21,6 +21,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "IPAdapterPreciseStyleTransferBatch": "IPAdapter Precise Style Transfer Batch",
     "IPAdapterPreciseComposition": "IPAdapter Precise Composition",
     "IPAdapterPreciseCompositionBatch": "IPAdapter Precise Composition Batch",
+    # node_defs/fooocus.py
+    "IPAdapterFooocus": "IPAdapter Fooocus",
     # node_defs/embeds.py
     "IPAdapterEncoder": "IPAdapter Encoder",
     "IPAdapterEmbeds": "IPAdapter Embeds",
@@ -49,6 +51,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "IPAdapterFromParams": "IPAdapter from Params",
     "IPAdapterRegionalConditioning": "IPAdapter Regional Conditioning",
     "IPAdapterCombineParams": "IPAdapter Combine Params",
+    # node_defs/curves.py
+    "IPAdapterWeightCurve": "IPAdapter Weight Curve",
     # node_defs/utils.py
     "PrepImageForClipVision": "Prep Image For ClipVision",
     "IPAdapterNoise": "IPAdapter Noise",

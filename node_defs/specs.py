@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Union
 
 from ..ipadapter import insightface_glue
+from ..ipadapter.apply import ATTENTION_MODES
 from ..ipadapter.families import FACEID_V2_OPTIONS
 from ..ipadapter.encode import COMBINE_METHODS, NEGATIVE_MODES
 from ..ipadapter.weights import EMBEDS_SCALING, WEIGHT_TYPES
@@ -67,6 +68,13 @@ SPECS: dict[str, tuple] = {
         "default": "black image",
         "tooltip": "Negative reference when no image_negative is given: a black image (ComfyUI's usual choice) "
                    "or all-zero normalised pixels (the reference implementation's choice)."}),
+    "weight_curve": ("WEIGHT_CURVE", {"tooltip": "From IPAdapter Weight Curve: multiplies the weight over the "
+                                                 "sampling steps (e.g. fade out). Not connected: constant."}),
+    "attention_mode": (list(ATTENTION_MODES), {
+        "default": "decoupled",
+        "tooltip": "decoupled: the image attention is added to the text attention (how the adapters were "
+                   "trained). joint: Fooocus's formulation, image tokens join the text tokens in one softmax (use "
+                   "embeds_scaling 'K+mean(V) w/ C penalty' for Fooocus's scaling; no attn_mask)."}),
     "expand_style": ("BOOLEAN", {"default": False,
                                  "tooltip": "Apply the style image to every layer except the composition one "
                                             "(stronger style), not only to the style layer."}),
@@ -105,7 +113,7 @@ SIMPLE_WEIGHT_TYPE = (list(SIMPLE_WEIGHT_TYPES), {
 WEIGHT_UP_TO_3 = ("weight", {"max": 3})
 
 # Every image-apply node's optional inputs, in the old extension's order.
-APPLY_OPTIONAL = ("image_negative", "attn_mask", "clip_vision", "negative_mode")
+APPLY_OPTIONAL = ("image_negative", "attn_mask", "clip_vision", "negative_mode", "weight_curve")
 
 Input = Union[str, tuple]  # a SPECS name, or (name, options to change) / (name, a whole spec)
 

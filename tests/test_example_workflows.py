@@ -73,6 +73,8 @@ EXPECTED = {
     # Runs with SaveLatent in place of VAE Decode + Save Image (no tiny Flux VAE): see harness.tiny_dit.
     "ipadapter_flux_xlabs.json": Expect(latents=1),
     "ipadapter_sd35_instantx.json": Expect(latents=1),  # SaveLatent too: see harness.tiny_sd3
+    "ipadapter_fooocus.json": Expect({"ipadapter_fooocus": 1}),
+    "ipadapter_weight_curve.json": Expect({"ipadapter_weight_curve_fade_out": 1, "ipadapter_weight_curve_fade_in": 1}),
 }
 # Combo inputs whose canonical value is not in the fixture tree: the run swaps it for a tiny stand-in.
 SWAPPED = {("CheckpointLoaderSimple", "ckpt_name"): set(workflow.TINY_CHECKPOINTS)}
@@ -296,6 +298,10 @@ def prepare(name: str, request) -> None:
         from harness import tiny_sd3
 
         tiny_sd3.install_sd3_example_fixtures(request.getfixturevalue("models_dir"), input_dir())
+    if name == "ipadapter_fooocus.json":  # Fooocus's negative, a synthetic one of the real layout
+        from harness import fooocus_negative
+
+        fooocus_negative.write_negative(Path(folder_paths.get_folder_paths("ipadapter")[0]) / GENERATOR.FOOOCUS_NEGATIVE)
 
 
 @pytest.mark.parametrize("name", FILES)

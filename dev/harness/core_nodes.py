@@ -21,7 +21,7 @@ from pathlib import Path
 
 PINNED_PATH = Path(__file__).resolve().parent / "data" / "comfyui_core_nodes.json"
 # Inputs whose choices are a folder's contents (what is installed), not part of a node's interface.
-FILE_LIST_INPUTS = ("ckpt_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "lora_name", "vae_name", "unet_name", "image")
+FILE_LIST_INPUTS = ("ckpt_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "lora_name", "vae_name", "unet_name", "image", "negative_file")
 # The options a widget spec carries that a workflow depends on.
 SPEC_KEYS = ("default", "min", "max", "step", "control_after_generate", "image_upload", "forceInput", "multiline")
 
