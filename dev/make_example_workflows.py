@@ -352,7 +352,6 @@ def faceid() -> Workflow:
     return g.wf
 
 
-<<<<<<< HEAD
 def train() -> Workflow:
     g = Graph("Trains a small IP-Adapter Plus in the graph (IPAdapter Train: two captioned images, the reference "
               "recipe, saved to models/ipadapter/ipadapter_trained_example.safetensors) and applies it at once "
@@ -435,7 +434,8 @@ def sd35_instantx() -> Workflow:
     decoded = wf.node("VAEDecode", samples=sampled.out(), vae=ckpt.out("VAE"))
     wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_sd35_instantx")
     return wf
-=======
+
+
 def pack_nodes() -> dict:
     """This pack's node classes (the generator boots ComfyUI with the pack loaded)."""
     from harness import runtime
@@ -487,7 +487,6 @@ def weight_curve() -> Workflow:
                        **common(1.0))
         g.render(model.out(), f"ipadapter_weight_curve_{preset.replace(' ', '_')}")
     return g.wf
->>>>>>> fooocus
 
 
 WORKFLOWS = {
@@ -506,14 +505,11 @@ WORKFLOWS = {
     "ipadapter_embeds_save": embeds_save,
     "ipadapter_embeds_load": embeds_load,
     "ipadapter_faceid": faceid,
-<<<<<<< HEAD
     "ipadapter_train": train,
     "ipadapter_flux_xlabs": flux_xlabs,
     "ipadapter_sd35_instantx": sd35_instantx,
-=======
     "ipadapter_fooocus": fooocus,
     "ipadapter_weight_curve": weight_curve,
->>>>>>> fooocus
 }
 
 
@@ -527,18 +523,7 @@ def boot_comfyui() -> None:
     from harness import runtime
 
     runtime.boot(Path(tempfile.mkdtemp(prefix="ipadapter-workflows-")))
-<<<<<<< HEAD
-    runtime.init_nodes(load_pack=True)  # nodes newer than the old extension's table are read from the pack
-
-
-def pack_nodes() -> set[str]:
-    """Node keys this pack registers (its new nodes are not ComfyUI core nodes to pin)."""
-    from harness import runtime
-
-    return set(runtime.load_this_pack().NODE_CLASS_MAPPINGS)
-=======
     runtime.init_nodes(load_pack=True)  # the examples of new nodes read them from the pack
->>>>>>> fooocus
 
 
 def main() -> int:
@@ -553,13 +538,8 @@ def main() -> int:
         from harness import core_nodes, workflow_builder
 
         used = {node["type"] for path in OUT_DIR.glob("*.json") for node in json.loads(path.read_text())["nodes"]}
-<<<<<<< HEAD
-        core = used - set(workflow_builder.interface_nodes()) - pack_nodes()
-        print(f"wrote {core_nodes.write_pinned(sorted(core)).relative_to(REPO)}")
-=======
         ours = set(workflow_builder.interface_nodes()) | set(pack_nodes())
         print(f"wrote {core_nodes.write_pinned(sorted(used - ours)).relative_to(REPO)}")
->>>>>>> fooocus
         core_nodes.pinned.cache_clear()
     stale = []
     for name, text in build_all().items():

@@ -277,3 +277,35 @@ def test_batch_unfold_gives_latent_i_image_i(flux_model, inputs):
         single = comfy_forward(apply.apply_adapter(flux_model, adapter, embeds_of(seed)), inputs)
         assert torch.allclose(batch[i], single[i], atol=1e-5, rtol=0)
     assert (batch[0] - batch[1]).abs().max() > MIN_EFFECT
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight curves (IPAdapter Weight Curve) on Flux
+# --------------------------------------------------------------------------------------------------
+def test_weight_curve_multiplies_the_weight_per_call(flux_model, inputs):
+    from ipadapter_next.ipadapter import curves
+
+    adapter = xlabs_adapter("v1")
+    sampling = flux_model.get_model_object("model_sampling")
+    early, late = sampling.percent_to_sigma(0.1), sampling.percent_to_sigma(0.9)
+    fade = curves.WeightCurve(((0.0, 1.0), (1.0, 0.0)), "linear")  # 1 at the start, 0 at the end
+    curved = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight=1.0, weight_curve=fade)
+    for sigma in (early, late):
+        at = {"sigmas": torch.tensor([sigma])}
+        m = curves.bind_curve(fade, sampling).at(sigma)
+        same = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight=m)
+        assert 0.0 < m < 1.0
+        assert torch.allclose(comfy_forward(curved, inputs, at), comfy_forward(same, inputs, at), atol=1e-5, rtol=0)
+    flat = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight_curve=curves.WeightCurve(((0.0, 1.0),)))
+    assert torch.equal(comfy_forward(flat, inputs), comfy_forward(apply.apply_adapter(flux_model, adapter, embeds_of(5)), inputs))
+    window = curves.WeightCurve(((0.0, 0.0), (0.5, 1.0)), "step")  # off, then on from half way: start_at 0.5
+    stepped = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight_curve=window)
+    gated = apply.apply_adapter(flux_model, adapter, embeds_of(5), start_at=0.5)
+    for sigma in (early, late):
+        at = {"sigmas": torch.tensor([sigma])}
+        assert torch.equal(comfy_forward(stepped, inputs, at), comfy_forward(gated, inputs, at))
+
+
+def test_fooocus_joint_mode_is_refused_on_flux(flux_model):
+    with pytest.raises(ValueError, match="attention_mode 'joint'.*Flux.*'decoupled'"):
+        apply.apply_adapter(flux_model, xlabs_adapter("v1"), embeds_of(5), attention_mode="joint")

@@ -181,3 +181,13 @@ def test_siglip_encoder_path_and_a_clip_encoder_is_refused(sd3_model, inputs):
     assert (comfy_forward(patched, inputs, 500.0) - comfy_forward(sd3_model, inputs, 500.0)).abs().max() > MIN_EFFECT
     with pytest.raises(errors.EncoderMismatchError, match="needs SigLIP .* gives 40"):
         apply.encode_for(adapter, tiny_models.build_clip_vision("vit-h"), image)
+
+
+def test_weight_curve_and_joint_mode_say_they_are_not_available(sd3_model):
+    from ipadapter_next.ipadapter import curves
+
+    fade = curves.WeightCurve(((0.0, 1.0), (1.0, 0.0)))
+    with pytest.raises(ValueError, match="weight_curve is not available .*SD3.5.*Disconnect weight_curve"):
+        apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight_curve=fade)
+    with pytest.raises(ValueError, match="attention_mode 'joint'.*SD3.5"):
+        apply.apply_adapter(sd3_model, instantx(), embeds_of(3), attention_mode="joint")
