@@ -27,14 +27,14 @@ class IPAdapterFaceID(FromSpecs):
     REQUIRED = ("model", "ipadapter", _FACE_IMAGE, WEIGHT_UP_TO_3, "weight_faceidv2", "weight_type",
                 "combine_embeds", "start_at", "end_at", "embeds_scaling")
     OPTIONAL = ("image_negative", "attn_mask", "clip_vision", "insightface", "faceid_version", "face_embeds",
-                "face_selection")
+                "face_selection", "weight_curve")
     UNFOLD = False
     KOLORS = False
 
     def apply_ipadapter(self, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds,
                         start_at, end_at, embeds_scaling, weight_kolors=None, image_negative=None, attn_mask=None,
                         clip_vision=None, insightface=None, faceid_version=FACEID_V2_OPTIONS[0], face_embeds=None,
-                        face_selection="first"):
+                        face_selection="first", weight_curve=None):
         # An explicitly connected analyser or face_embeds wins; else what a Unified Loader FaceID bundled.
         pipeline = unified.Pipeline.of(ipadapter)
         analyser = insightface
@@ -48,7 +48,8 @@ class IPAdapterFaceID(FromSpecs):
             image_negative=image_negative, weight=weight, weight_faceidv2=weight_faceidv2,
             weight_kolors=weight_kolors if self.KOLORS else None, faceid_version=faceid_version,
             face_selection=face_selection, combine=combine_embeds, unfold=self.UNFOLD, weight_type=weight_type,
-            start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask)
+            start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
+            weight_curve=weight_curve)
         return (patched, face_image)
 
 

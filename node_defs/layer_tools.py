@@ -56,7 +56,8 @@ class IPAdapterLayerSweep(FromSpecs):
     OPTIONAL = APPLY_OPTIONAL
 
     def sweep(self, model, ipadapter, image, weight, grouping, mode, combine_embeds, start_at, end_at,
-              embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None, negative_mode="black image"):
+              embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None, negative_mode="black image",
+              weight_curve=None):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         entries = sweep_entries(adapter.spec.arch, grouping, mode)
         embeds = encode_for(adapter, clip_vision, image, image_negative, negative_mode=negative_mode)
@@ -66,7 +67,7 @@ class IPAdapterLayerSweep(FromSpecs):
                 models.append(apply_adapter(
                     model, adapter, embeds, weight=weight, layer_weights={t: 1.0 for t in entry.layers},
                     combine=combine_embeds, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
-                    attn_mask=attn_mask))
+                    attn_mask=attn_mask, weight_curve=weight_curve))
             else:
                 models.append(model)
         return models, [e.label for e in entries], [e.layer_weights() for e in entries]

@@ -366,3 +366,22 @@ def test_face_embeds_save_node_writes_a_file_the_load_node_lists():
     assert path.name.endswith(faceid.FACE_EMBEDS_SUFFIX)
     torch.testing.assert_close(faceid.load_face_embeds(path).normed, faces.normed)
     assert FACE_FILE in nodes_faceid.IPAdapterFaceEmbedsLoad.INPUT_TYPES()["required"]["face_embeds"][0]
+
+
+def test_faceid_node_takes_a_weight_curve_like_the_other_apply_nodes(tiny_widths):
+    """A step curve (on from half way) gives the image of start_at 0.5: the curve reaches the FaceID patch."""
+    file = "ip-adapter-faceid-plusv2_sd15.safetensors"
+    curve = {"class_type": "IPAdapterWeightCurve",
+             "inputs": {"preset": "custom", "interpolation": "step", "keyframes": "0:0, 0.5:1"}}
+
+    def run(prefix, **extra):
+        prompt = faceid_graph(file, prefix=prefix, extra=extra)
+        if "weight_curve" in extra:
+            prompt["16"] = curve
+        return image_of(executor.run_prompt(prompt))
+
+    by_curve = run("faceid_curve", weight_curve=["16", 0])
+    by_window = run("faceid_window", start_at=0.5)
+    everywhere = run("faceid_full")
+    assert torch.equal(by_curve, by_window)
+    assert not torch.equal(by_curve, everywhere)

@@ -85,3 +85,22 @@ def test_spec_items_change_only_what_they_name():
     assert types["required"]["weight"] == ("FLOAT", {**specs.SPECS["weight"][1], "max": 3})
     assert types["optional"] == {"extra": ("INT", {"tooltip": "t"})}
     assert "optional" not in specs.input_types(["model"])
+
+
+def test_every_node_function_accepts_every_input_it_declares():
+    """An input the UI offers but the function does not take fails only when a user connects it."""
+    import inspect
+
+    from harness import runtime
+
+    pack = __import__(runtime.PACK_NAME)
+    missing = {}
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        declared = cls.INPUT_TYPES()
+        names = set(declared.get("required", {})) | set(declared.get("optional", {}))
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        if names - set(params):
+            missing[key] = sorted(names - set(params))
+    assert missing == {}
