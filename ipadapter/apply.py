@@ -143,6 +143,7 @@ def apply_adapter(
     if adapter.spec.arch == "sd3" or is_dit(adapter.spec.arch):
         unsupported_on_transformers(adapter, attention_mode, entry_options.get("weight_curve"))
     if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
+        entry_options.pop("weight_curve", None)  # refused above unless None
         return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
                                            layer_weights=layer_weights, unfold=unfold, **entry_options)
     if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
