@@ -28,10 +28,11 @@ STAMP := $(VENV)/.stamp-$(shell cat $(REQS) 2>/dev/null | sha1sum | cut -c1-12)
 
 .PHONY: setup test test-runtime demo benchmark screenshots chromium clean
 
-setup: $(STAMP) chromium
+setup: $(STAMP)
 
 # The browser tests drive Debian's Chromium (through Playwright's Python package, from requirements/test.txt;
-# Playwright's own browser download is never used). Installed here when missing and run as root (CI).
+# Playwright's own browser download is never used). Installed here when missing and run as root (CI);
+# only `make test` needs it, so `make demo` works without a browser.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
@@ -56,7 +57,7 @@ ifneq ($(SECOND_COMFYUI),)
 endif
 endif
 
-test-runtime: setup
+test-runtime: setup chromium
 	$(PY) -m pytest
 
 demo: setup
@@ -66,7 +67,7 @@ benchmark: setup
 	$(PY) dev/benchmark.py
 
 # README's pictures of the layer weights editor and the layer sweep grid (docs/images/), made in the browser.
-screenshots: setup
+screenshots: setup chromium
 	$(PY) dev/make_screenshots.py
 
 clean:
