@@ -16,6 +16,7 @@ import comfy.model_management as mm
 from .encoders import known_widths
 from .errors import EncoderMismatchError
 from .families import AdapterSpec
+from .flux_instantx import POOLED_OUTPUT
 from .inputs import require_images
 from .progress import tracked
 
@@ -60,6 +61,12 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
     need = spec.encoder
     if need is None:
         return
+    if need.output == POOLED_OUTPUT:
+        raise EncoderMismatchError(
+            f"{adapter_name} needs {need.model}: the vector of SigLIP's attention-pooling head. ComfyUI's Load CLIP "
+            f"Vision runs SigLIP without that head (it gives the token features only), so this pack cannot encode "
+            f"images for this adapter yet. Use IPAdapter Embeds with pooled SigLIP embeddings ({need.width} wide) "
+            f"saved as embeds.")
     have = encoder_widths(clip_vision)
     width = have.get(need.output)
     if width is None:

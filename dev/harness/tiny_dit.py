@@ -101,6 +101,20 @@ def packed_inputs(batch: int = 2, h: int = 4, w: int = 6, txt: int = 5, seed: in
                 t=torch.tensor([0.7] * batch), guidance=torch.tensor([3.5] * batch))
 
 
+def comfy_forward(model, inputs, extra_options: dict | None = None) -> torch.Tensor:
+    """The packed-token forward of ComfyUI's Flux with the MODEL's transformer_options (its patches)."""
+    import copy
+
+    dm = model.get_model_object("diffusion_model")
+    options = copy.copy(model.model_options.get("transformer_options", {}))
+    options.update(extra_options or {})
+    b = inputs["img"].shape[0]
+    with torch.no_grad():
+        return dm.forward_orig(inputs["img"], inputs["img_ids"][None].expand(b, -1, -1), inputs["txt"],
+                               inputs["txt_ids"][None].expand(b, -1, -1), timesteps=inputs["t"], y=inputs["y"],
+                               guidance=inputs["guidance"], transformer_options=options)
+
+
 # --------------------------------------------------------------------------------------------------
 # A tiny Flux *file* that ComfyUI's loaders load (UNETLoader), for headless workflows
 # --------------------------------------------------------------------------------------------------
