@@ -461,3 +461,12 @@ def instantx_flux_state_dict(scale: str = "tiny", device="cpu", seed: int = 0,
     """``{"image_proj": {...}, "ip_adapter": {...}}`` as in InstantX's ip-adapter.bin (``device="meta"``: full size)."""
     return {section: _tensors(spec, "instantx-flux", section, device, seed)
             for section, spec in instantx_flux_spec(scale, dims).items()}
+
+
+def write_instantx_flux(path: str | Path, seed: int = 0, dims=None) -> Path:
+    """A ``.bin`` as released (torch.save of the two sections; weights_only-loadable). Idempotent."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(instantx_flux_state_dict(seed=seed, dims=dims), path)
+    return path
