@@ -405,6 +405,37 @@ def flux_xlabs() -> Workflow:
     return wf
 
 
+FLUX_INSTANTX = "flux1-dev-instantx-ip-adapter.bin"
+FLUX_INSTANTX_EMBEDS = "flux_instantx_reference.ipadpt"
+
+
+def flux_instantx() -> Workflow:
+    # tests/test_example_workflows.py runs this file on the tiny Flux fixture (harness.tiny_dit).
+    wf = Workflow("Image prompt on Flux.1-dev with InstantX's FLUX.1-dev IP-Adapter (its ip-adapter.bin, saved as "
+                  f"{FLUX_INSTANTX} in models/ipadapter). It reads SigLIP so400m-patch14-384's pooled vector, which "
+                  "ComfyUI's Load CLIP Vision does not compute (it has no SigLIP pooling head), so the reference comes "
+                  f"as saved embeds: put a [1, 1152] pooled SigLIP vector as {FLUX_INSTANTX_EMBEDS} in ComfyUI's "
+                  "input folder. The adapter acts in all 19 double and 38 single blocks; per-block weights with "
+                  "IPAdapter Mad Scientist keys double_N / single_N (experimental).")
+    unet = wf.node("UNETLoader", unet_name=FLUX_DEV, weight_dtype="default")
+    clip = wf.node("DualCLIPLoader", clip_name1="t5xxl_fp16.safetensors", clip_name2="clip_l.safetensors", type="flux")
+    ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=FLUX_INSTANTX)
+    embeds = wf.node("IPAdapterLoadEmbeds", embeds=FLUX_INSTANTX_EMBEDS)
+    model = wf.node("IPAdapterEmbeds", model=unet.out(), ipadapter=ipadapter.out(), pos_embed=embeds.out(),
+                    weight=0.7, weight_type="linear", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
+    guided = wf.node("FluxGuidance", conditioning=positive.out(), guidance=3.5)
+    negative = wf.node("CLIPTextEncode", text="", clip=clip.out())
+    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    sampled = wf.node("KSampler", model=model.out(), positive=guided.out(), negative=negative.out(),
+                      latent_image=latent.out(), seed=42, steps=20, cfg=1.0, sampler_name="euler",
+                      scheduler="simple", denoise=1.0)
+    vae = wf.node("VAELoader", vae_name="ae.safetensors")
+    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=vae.out())
+    wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_flux_instantx")
+    return wf
+
+
 SD35_LARGE = "sd3.5_large.safetensors"
 SD35_IPADAPTER = "sd3.5_large_ip-adapter.bin"
 SIGLIP_384 = "sigclip_vision_patch14_384.safetensors"
@@ -507,6 +538,7 @@ WORKFLOWS = {
     "ipadapter_faceid": faceid,
     "ipadapter_train": train,
     "ipadapter_flux_xlabs": flux_xlabs,
+    "ipadapter_flux_instantx": flux_instantx,
     "ipadapter_sd35_instantx": sd35_instantx,
     "ipadapter_fooocus": fooocus,
     "ipadapter_weight_curve": weight_curve,

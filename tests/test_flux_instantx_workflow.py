@@ -13,22 +13,18 @@ from safetensors.torch import load_file
 
 import folder_paths
 
-from harness import adapter_factory, executor, tiny_dit
+from harness import executor, tiny_dit
 from harness.dims import INSTANTX_FLUX_TINY
 from ipadapter_next.ipadapter.embeds_file import save_embeds
 
-ADAPTER = "flux-instantx-ip-adapter-tiny.bin"
-EMBEDS = ("flux_instantx_reference.ipadpt", "flux_instantx_negative.ipadpt")
+ADAPTER, REFERENCE_EMBEDS = tiny_dit.INSTANTX_EXAMPLE
+NEGATIVE_EMBEDS = "flux_instantx_negative.ipadpt"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def instantx_files(models_dir, torch_single_thread):
-    tiny_dit.install_flux_fixtures(models_dir)
-    adapter_factory.write_instantx_flux(models_dir / "ipadapter" / ADAPTER, seed=6, dims=tiny_dit.TINY_FLUX_WORKFLOW)
-    pooled = torch.randn(1, INSTANTX_FLUX_TINY[0], generator=torch.Generator().manual_seed(8))
-    save_embeds(pooled, Path(folder_paths.get_input_directory()) / EMBEDS[0])
-    save_embeds(torch.zeros_like(pooled), Path(folder_paths.get_input_directory()) / EMBEDS[1])
-    folder_paths.filename_list_cache.pop("ipadapter", None)
+    tiny_dit.install_instantx_flux_example(models_dir, folder_paths.get_input_directory())
+    save_embeds(torch.zeros(1, INSTANTX_FLUX_TINY[0]), Path(folder_paths.get_input_directory()) / NEGATIVE_EMBEDS)
 
 
 def graph(prefix: str, weight: float | None = 0.8, **apply) -> dict:
@@ -45,8 +41,8 @@ def graph(prefix: str, weight: float | None = 0.8, **apply) -> dict:
     }
     if weight is not None:
         prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ADAPTER}}
-        prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": EMBEDS[0]}}
-        prompt["12"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": EMBEDS[1]}}
+        prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": REFERENCE_EMBEDS}}
+        prompt["12"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": NEGATIVE_EMBEDS}}
         inputs = {"model": ["1", 0], "ipadapter": ["10", 0], "pos_embed": ["11", 0], "neg_embed": ["12", 0],
                   "weight": weight, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}
         inputs.update(apply)
@@ -67,6 +63,10 @@ def test_loads_applies_and_samples():
     assert with_adapter.shape == plain.shape == (1, 16, 6, 8)
     assert (with_adapter - plain).abs().mean() > 1e-3
     assert torch.equal(latent_of(executor.run_prompt(graph("zero", 0.0))), plain)
+    # Without neg_embed the negative is zeros (a pooled vector has no "black image" to encode).
+    no_negative = graph("noneg", 0.8)
+    del no_negative["13"]["inputs"]["neg_embed"]
+    assert torch.equal(latent_of(executor.run_prompt(no_negative)), with_adapter)
     late = latent_of(executor.run_prompt(graph("late", 0.8, start_at=0.3)))  # the second of 2 steps only
     assert (late - with_adapter).abs().mean() > 1e-4 and (late - plain).abs().mean() > 1e-4
 

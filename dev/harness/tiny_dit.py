@@ -193,6 +193,27 @@ def install_flux_fixtures(models_dir) -> None:
         folder_paths.filename_list_cache.pop(folder, None)
 
 
+INSTANTX_EXAMPLE = ("flux1-dev-instantx-ip-adapter.bin", "flux_instantx_reference.ipadpt")  # the example's names
+
+
+def install_instantx_flux_example(models_dir, input_dir) -> None:
+    """The Flux fixtures, a tiny InstantX FLUX file and a pooled-SigLIP-shaped vector under the example's names."""
+    from pathlib import Path
+
+    import folder_paths
+
+    from harness import adapter_factory
+    from harness.dims import INSTANTX_FLUX_TINY
+    from ipadapter_next.ipadapter.embeds_file import save_embeds
+
+    install_flux_fixtures(models_dir)
+    adapter_factory.write_instantx_flux(Path(models_dir) / "ipadapter" / INSTANTX_EXAMPLE[0], seed=6,
+                                        dims=TINY_FLUX_WORKFLOW)
+    pooled = torch.randn(1, INSTANTX_FLUX_TINY[0], generator=torch.Generator().manual_seed(8))
+    save_embeds(pooled, Path(input_dir) / INSTANTX_EXAMPLE[1])
+    folder_paths.filename_list_cache.pop("ipadapter", None)
+
+
 def tiny_flux_prompt(prompt: dict, text_checkpoint: str = "tiny_sd15.safetensors", size: int = 64) -> dict:
     """An API prompt of the Flux example, rewired for the fixtures: the tiny SD1.5 checkpoint's CLIP
     replaces DualCLIPLoader, SaveLatent replaces VAE Decode + Save Image (no tiny Flux VAE), 64 px."""
