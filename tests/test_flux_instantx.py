@@ -270,3 +270,18 @@ def test_single_block_keys_are_refused_for_xlabs(flux_model):
     embeds = apply.Embeds(torch.ones(1, spec.encoder.width), torch.zeros(1, spec.encoder.width))
     with pytest.raises(ValueError, match="single_1: this adapter has no single-block layers"):
         apply.apply_adapter(flux_model, xlabs, embeds, layer_weights=flux.parse_any_layer_weights("single_1:1", "flux"))
+
+
+@pytest.mark.parametrize("node", ["IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderFaceID"])
+def test_unified_loaders_on_flux_and_sd3_say_what_to_load(flux_model, node):
+    import nodes
+
+    from harness import tiny_sd3
+
+    loader = nodes.NODE_CLASS_MAPPINGS[node]()
+    preset = "STANDARD (medium strength)" if node == "IPAdapterUnifiedLoader" else "FACEID"
+    extra = {} if node == "IPAdapterUnifiedLoader" else {"lora_strength": 0.6, "provider": "CPU"}
+    with pytest.raises(errors.PresetUnsupported, match="connected model is Flux.*IPAdapter Model Loader.*InstantX"):
+        loader.load_models(flux_model, preset, **extra)
+    with pytest.raises(errors.PresetUnsupported, match="connected model is SD3.5.*sigclip_vision_patch14_384"):
+        loader.load_models(tiny_sd3.build_sd3(seed=0), preset, **extra)
