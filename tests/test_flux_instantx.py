@@ -285,3 +285,19 @@ def test_unified_loaders_on_flux_and_sd3_say_what_to_load(flux_model, node):
         loader.load_models(flux_model, preset, **extra)
     with pytest.raises(errors.PresetUnsupported, match="connected model is SD3.5.*sigclip_vision_patch14_384"):
         loader.load_models(tiny_sd3.build_sd3(seed=0), preset, **extra)
+
+
+def test_weight_curve_multiplies_the_weight_per_call(flux_model, inputs):
+    from ipadapter_next.ipadapter import curves
+
+    adapter = instantx_adapter()
+    sampling = flux_model.get_model_object("model_sampling")
+    fade = curves.WeightCurve(((0.0, 1.0), (1.0, 0.0)), "linear")  # 1 at the start, 0 at the end
+    curved = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight=1.0, weight_curve=fade)
+    for percent in (0.1, 0.9):
+        sigma = sampling.percent_to_sigma(percent)
+        m = curves.bind_curve(fade, sampling).at(sigma)
+        same = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight=m)
+        at = {"sigmas": torch.tensor([sigma])}
+        assert 0.0 < m < 1.0
+        torch.testing.assert_close(comfy_forward(curved, inputs, at), comfy_forward(same, inputs, at), atol=1e-5, rtol=0)
