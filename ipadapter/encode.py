@@ -65,10 +65,10 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
         return
     if need.output == POOLED_OUTPUT:
         raise EncoderMismatchError(
-            f"{adapter_name} needs {need.model}: the vector of SigLIP's attention-pooling head. ComfyUI's Load CLIP "
-            f"Vision runs SigLIP without that head (it gives the token features only), so this pack cannot encode "
-            f"images for this adapter yet. Use IPAdapter Embeds with pooled SigLIP embeddings ({need.width} wide) "
-            f"saved as embeds.")
+            f"{adapter_name} needs {need.model}: the vector of SigLIP's attention-pooling head, which ComfyUI's "
+            f"Load CLIP Vision leaves out, so this node cannot encode for it. Use IPAdapter SigLIP Pooled Encoder "
+            f"(the SigLIP from Load CLIP Vision, the reference image and the SigLIP file, whose head it reads) -> "
+            f"IPAdapter Embeds, or IPAdapter Load Embeds with a saved pooled vector ({need.width} wide).")
     have = encoder_widths(clip_vision)
     width = have.get(need.output)
     if width is None:

@@ -84,3 +84,4 @@ def test_image_nodes_explain_the_missing_pooling_head():
     result = executor.run_prompt(prompt)
     assert not result.success
     assert "attention-pooling head" in result.error["exception_message"]
+    assert "IPAdapter SigLIP Pooled Encoder" in result.error["exception_message"]
