@@ -411,23 +411,27 @@ def flux_xlabs() -> Workflow:
 
 
 FLUX_INSTANTX = "flux1-dev-instantx-ip-adapter.bin"
-FLUX_INSTANTX_EMBEDS = "flux_instantx_reference.ipadpt"
+SIGLIP_384_FILE = "sigclip_vision_patch14_384.safetensors"
 
 
 def flux_instantx() -> Workflow:
     # tests/test_example_workflows.py runs this file on the tiny Flux fixture (harness.tiny_dit).
     wf = Workflow("Image prompt on Flux.1-dev with InstantX's FLUX.1-dev IP-Adapter (its ip-adapter.bin, saved as "
-                  f"{FLUX_INSTANTX} in models/ipadapter). It reads SigLIP so400m-patch14-384's pooled vector, which "
-                  "ComfyUI's Load CLIP Vision does not compute (it has no SigLIP pooling head), so the reference comes "
-                  f"as saved embeds: put a [1, 1152] pooled SigLIP vector as {FLUX_INSTANTX_EMBEDS} in ComfyUI's "
-                  "input folder. The adapter acts in all 19 double and 38 single blocks; per-block weights with "
-                  "IPAdapter Mad Scientist keys double_N / single_N (experimental).")
+                  f"{FLUX_INSTANTX} in models/ipadapter). It reads SigLIP so400m-patch14-384's pooled vector: "
+                  "IPAdapter SigLIP Pooled Encoder runs the SigLIP from Load CLIP Vision and the pooling head it "
+                  f"reads from the same file ({SIGLIP_384_FILE} in models/clip_vision, saved with its "
+                  "vision_model.head.* tensors). The adapter acts in all 19 double and 38 single blocks. "
+                  f"Put {REFERENCE} in ComfyUI's input folder.")
     unet = wf.node("UNETLoader", unet_name=FLUX_DEV, weight_dtype="default")
     clip = wf.node("DualCLIPLoader", clip_name1="t5xxl_fp16.safetensors", clip_name2="clip_l.safetensors", type="flux")
     ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=FLUX_INSTANTX)
-    embeds = wf.node("IPAdapterLoadEmbeds", embeds=FLUX_INSTANTX_EMBEDS)
-    model = wf.node("IPAdapterEmbeds", model=unet.out(), ipadapter=ipadapter.out(), pos_embed=embeds.out(),
-                    weight=0.7, weight_type="linear", start_at=0.0, end_at=1.0, embeds_scaling="V only")
+    clip_vision = wf.node("CLIPVisionLoader", clip_name=SIGLIP_384_FILE)
+    image = wf.node("LoadImage", image=REFERENCE)
+    embeds = wf.node("IPAdapterSigLIPPooledEncoder", clip_vision=clip_vision.out(), image=image.out("IMAGE"),
+                     clip_name=SIGLIP_384_FILE)
+    model = wf.node("IPAdapterEmbeds", model=unet.out(), ipadapter=ipadapter.out(), pos_embed=embeds.out("pos_embed"),
+                    neg_embed=embeds.out("neg_embed"), weight=0.7, weight_type="linear", start_at=0.0, end_at=1.0,
+                    embeds_scaling="V only")
     return flux_render(wf, clip, model, "ipadapter_flux_instantx")
 
 

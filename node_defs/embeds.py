@@ -37,7 +37,7 @@ class IPAdapterSigLIPPooledEncoder(FromSpecs):
     RETURN_TYPES = ("EMBEDS", "EMBEDS")
     RETURN_NAMES = ("pos_embed", "neg_embed")
     FUNCTION = "encode"
-    REQUIRED = ("clip_vision", "image", ("siglip_file", (
+    REQUIRED = ("clip_vision", "image", ("clip_name", (
         "COMBO", {"options": [], "tooltip": "The SigLIP file loaded by Load CLIP Vision: its pooling head is read "
                                            "from it (ComfyUI's loader leaves the head out)."})))
 
@@ -46,17 +46,17 @@ class IPAdapterSigLIPPooledEncoder(FromSpecs):
         import folder_paths
 
         types = super().INPUT_TYPES()
-        _, options = types["required"]["siglip_file"]
-        types["required"]["siglip_file"] = (folder_paths.get_filename_list("clip_vision"),
+        _, options = types["required"]["clip_name"]
+        types["required"]["clip_name"] = (folder_paths.get_filename_list("clip_vision"),
                                             {"tooltip": options["tooltip"]})
         return types
 
-    def encode(self, clip_vision, image, siglip_file):
+    def encode(self, clip_vision, image, clip_name):
         import folder_paths
 
         from ..ipadapter.siglip_pool import pooled_embeds
 
-        pooled = pooled_embeds(clip_vision, image, folder_paths.get_full_path_or_raise("clip_vision", siglip_file))
+        pooled = pooled_embeds(clip_vision, image, folder_paths.get_full_path_or_raise("clip_vision", clip_name))
         return (pooled, torch.zeros_like(pooled[:1]))
 
 

@@ -17,7 +17,7 @@ from harness import executor, tiny_dit
 from harness.dims import INSTANTX_FLUX_TINY
 from ipadapter_next.ipadapter.embeds_file import save_embeds
 
-ADAPTER, REFERENCE_EMBEDS = tiny_dit.INSTANTX_EXAMPLE
+ADAPTER, REFERENCE_EMBEDS, SIGLIP = tiny_dit.INSTANTX_EXAMPLE
 NEGATIVE_EMBEDS = "flux_instantx_negative.ipadpt"
 
 
@@ -28,17 +28,7 @@ def instantx_files(models_dir, torch_single_thread):
 
 
 def graph(prefix: str, weight: float | None = 0.8, **apply) -> dict:
-    prompt = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_dit.TINY_FLUX_FILE, "weight_dtype": "default"}},
-        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["2", 1]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": 5, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
-            "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"flux_instantx/{prefix}"}},
-    }
+    prompt = tiny_dit.sampling_graph(f"flux_instantx/{prefix}")
     if weight is not None:
         prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ADAPTER}}
         prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": REFERENCE_EMBEDS}}
@@ -85,3 +75,20 @@ def test_image_nodes_explain_the_missing_pooling_head():
     assert not result.success
     assert "attention-pooling head" in result.error["exception_message"]
     assert "IPAdapter SigLIP Pooled Encoder" in result.error["exception_message"]
+
+
+def test_the_pooled_encoder_node_feeds_the_adapter():
+    from PIL import Image
+
+    Image.new("RGB", (96, 80), (200, 40, 90)).save(Path(folder_paths.get_input_directory()) / "instantx_ref.png")
+    prompt = graph("encoded", 0.8)
+    prompt["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": SIGLIP}}
+    prompt["14"] = {"class_type": "LoadImage", "inputs": {"image": "instantx_ref.png"}}
+    prompt["15"] = {"class_type": "IPAdapterSigLIPPooledEncoder",
+                    "inputs": {"clip_vision": ["11", 0], "image": ["14", 0], "clip_name": SIGLIP}}
+    prompt["13"]["inputs"].update(pos_embed=["15", 0], neg_embed=["15", 1])
+    del prompt["12"]
+    encoded = latent_of(executor.run_prompt(prompt))
+    plain = latent_of(executor.run_prompt(graph("plain2", weight=None)))
+    loaded = latent_of(executor.run_prompt(graph("loaded", 0.8)))
+    assert (encoded - plain).abs().mean() > 1e-3 and (encoded - loaded).abs().mean() > 1e-4

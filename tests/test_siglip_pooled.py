@@ -24,24 +24,14 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 @pytest.fixture(scope="module")
 def siglip(models_dir):
-    from safetensors.torch import save_file
-    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from safetensors.torch import load_file
 
-    config = tiny_sd3.siglip_config()
-    torch.manual_seed(0)
-    hf = SiglipVisionModel(SiglipVisionConfig(
-        hidden_size=config["hidden_size"], intermediate_size=config["intermediate_size"],
-        num_attention_heads=config["num_attention_heads"], num_hidden_layers=config["num_hidden_layers"],
-        image_size=config["image_size"], patch_size=config["patch_size"])).eval()
-    # The released files' names (transformers 5 drops the vision_model. prefix from the module's keys).
-    sd = {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.contiguous() for k, v in hf.state_dict().items()}
     folder = models_dir / "clip_vision"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(folder / FILE))
-    save_file({k: v for k, v in sd.items() if ".head." not in k}, str(folder / HEADLESS))
+    hf = tiny_sd3.write_tiny_siglip_file(folder / FILE)
+    tiny_sd3.write_tiny_siglip_file(folder / HEADLESS, head=False)
     folder_paths.filename_list_cache.pop("clip_vision", None)
     encoder = tiny_sd3.build_tiny_siglip()
-    missing, unexpected = encoder.load_sd(sd)
+    missing, unexpected = encoder.load_sd(load_file(str(folder / FILE)))
     assert not missing and all(".head." in k for k in unexpected)  # ComfyUI's SigLIP has no head
     return hf, encoder
 
@@ -61,7 +51,7 @@ def test_the_node_pools_comfyuis_siglip_tokens(siglip):
     hf, encoder = siglip
     image = torch.rand(1, 400, 400, 3, generator=torch.Generator().manual_seed(2))
     node = nodes.NODE_CLASS_MAPPINGS["IPAdapterSigLIPPooledEncoder"]()
-    assert FILE in node.INPUT_TYPES()["required"]["siglip_file"][0]
+    assert FILE in node.INPUT_TYPES()["required"]["clip_name"][0]
     pos, neg = node.encode(encoder, image, FILE)
     pixels = comfy_pixels(encoder, image)
     with torch.no_grad():
