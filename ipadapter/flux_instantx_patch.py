@@ -27,7 +27,7 @@ from comfy.ldm.flux.layers import apply_mod
 
 from .attention import AdapterEntry, _current_sigma, patch_models
 from .dit_patch import flux_blocks_checked, image_query
-from .flux import resolve_block_weights
+from .flux import resolve_block_weights, token_grid_for
 from .flux_instantx import NORM_EPS, block_sites, processor_weights
 from .layers import LayerSite
 
@@ -108,8 +108,6 @@ class InstantXBlockIP:
         return total
 
     def _masked(self, entry: AdapterEntry, out: torch.Tensor, options: dict, n_chunks: int) -> torch.Tensor:
-        from .flux import token_grid_for
-
         img_len = out.shape[1]
         if self.single:  # 0.33.0 names the image slice; 0.3.75: the count the double blocks noted
             img_slice = options.get("img_slice")
