@@ -378,6 +378,21 @@ FLUX_XLABS = "flux-ip-adapter-v2.safetensors"
 VIT_L = "clip_vision_l.safetensors"
 
 
+def flux_render(wf: Workflow, clip, model, prefix: str) -> Workflow:
+    """Text, FluxGuidance, sampling (cfg 1: Flux.1-dev is guidance-distilled), VAE decode and save."""
+    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
+    guided = wf.node("FluxGuidance", conditioning=positive.out(), guidance=3.5)
+    negative = wf.node("CLIPTextEncode", text="", clip=clip.out())
+    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    sampled = wf.node("KSampler", model=model.out(), positive=guided.out(), negative=negative.out(),
+                      latent_image=latent.out(), seed=42, steps=20, cfg=1.0, sampler_name="euler",
+                      scheduler="simple", denoise=1.0)
+    vae = wf.node("VAELoader", vae_name="ae.safetensors")
+    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=vae.out())
+    wf.node("SaveImage", images=decoded.out(), filename_prefix=prefix)
+    return wf
+
+
 def flux_xlabs() -> Workflow:
     # tests/test_flux_workflow.py runs this file on the tiny Flux fixture (it swaps the text encoders and VAE).
     wf = Workflow("Image prompt on Flux.1-dev with XLabs' IP-Adapter v2 (flux-ip-adapter-v2.safetensors in "
@@ -392,17 +407,32 @@ def flux_xlabs() -> Workflow:
     image = wf.node("LoadImage", image=REFERENCE)
     model = wf.node("IPAdapterAdvanced", model=unet.out(), ipadapter=ipadapter.out(), image=image.out("IMAGE"),
                     clip_vision=clip_vision.out(), **common(weight=0.7))
-    positive = wf.node("CLIPTextEncode", text="a portrait photo, best quality", clip=clip.out())
-    guided = wf.node("FluxGuidance", conditioning=positive.out(), guidance=3.5)
-    negative = wf.node("CLIPTextEncode", text="", clip=clip.out())
-    latent = wf.node("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
-    sampled = wf.node("KSampler", model=model.out(), positive=guided.out(), negative=negative.out(),
-                      latent_image=latent.out(), seed=42, steps=20, cfg=1.0, sampler_name="euler",
-                      scheduler="simple", denoise=1.0)
-    vae = wf.node("VAELoader", vae_name="ae.safetensors")
-    decoded = wf.node("VAEDecode", samples=sampled.out(), vae=vae.out())
-    wf.node("SaveImage", images=decoded.out(), filename_prefix="ipadapter_flux_xlabs")
-    return wf
+    return flux_render(wf, clip, model, "ipadapter_flux_xlabs")
+
+
+FLUX_INSTANTX = "flux1-dev-instantx-ip-adapter.bin"
+SIGLIP_384_FILE = "sigclip_vision_patch14_384.safetensors"
+
+
+def flux_instantx() -> Workflow:
+    # tests/test_example_workflows.py runs this file on the tiny Flux fixture (harness.tiny_dit).
+    wf = Workflow("Image prompt on Flux.1-dev with InstantX's FLUX.1-dev IP-Adapter (its ip-adapter.bin, saved as "
+                  f"{FLUX_INSTANTX} in models/ipadapter). It reads SigLIP so400m-patch14-384's pooled vector: "
+                  "IPAdapter SigLIP Pooled Encoder runs the SigLIP from Load CLIP Vision and the pooling head it "
+                  f"reads from the same file ({SIGLIP_384_FILE} in models/clip_vision, saved with its "
+                  "vision_model.head.* tensors). The adapter acts in all 19 double and 38 single blocks. "
+                  f"Put {REFERENCE} in ComfyUI's input folder.")
+    unet = wf.node("UNETLoader", unet_name=FLUX_DEV, weight_dtype="default")
+    clip = wf.node("DualCLIPLoader", clip_name1="t5xxl_fp16.safetensors", clip_name2="clip_l.safetensors", type="flux")
+    ipadapter = wf.node("IPAdapterModelLoader", ipadapter_file=FLUX_INSTANTX)
+    clip_vision = wf.node("CLIPVisionLoader", clip_name=SIGLIP_384_FILE)
+    image = wf.node("LoadImage", image=REFERENCE)
+    embeds = wf.node("IPAdapterSigLIPPooledEncoder", clip_vision=clip_vision.out(), image=image.out("IMAGE"),
+                     clip_name=SIGLIP_384_FILE)
+    model = wf.node("IPAdapterEmbeds", model=unet.out(), ipadapter=ipadapter.out(), pos_embed=embeds.out("pos_embed"),
+                    neg_embed=embeds.out("neg_embed"), weight=0.7, weight_type="linear", start_at=0.0, end_at=1.0,
+                    embeds_scaling="V only")
+    return flux_render(wf, clip, model, "ipadapter_flux_instantx")
 
 
 SD35_LARGE = "sd3.5_large.safetensors"
@@ -507,6 +537,7 @@ WORKFLOWS = {
     "ipadapter_faceid": faceid,
     "ipadapter_train": train,
     "ipadapter_flux_xlabs": flux_xlabs,
+    "ipadapter_flux_instantx": flux_instantx,
     "ipadapter_sd35_instantx": sd35_instantx,
     "ipadapter_fooocus": fooocus,
     "ipadapter_weight_curve": weight_curve,

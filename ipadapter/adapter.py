@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from . import flux, sd3
+from . import flux, flux_instantx, sd3
 from .detect import detect
 from .encoders import known_widths
 from .families import AdapterSpec
@@ -144,7 +144,8 @@ def _assemble(sections: Mapping[str, Mapping[str, Tensor]], spec: AdapterSpec, d
         layers = sd3.build_layers(ip_sd, cast)
     elif flux.is_dit(spec.arch):
         projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
-        layers = flux.build_layers(ip_sd, cast)
+        build = flux_instantx.build_layers if spec.family == flux_instantx.FAMILY else flux.build_layers
+        layers = build(ip_sd, cast)
     else:
         projection = build_projection(spec.projection, {k: cast(v) for k, v in sections["image_proj"].items()})
         layers = nn.ModuleDict()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import dit_patch, sd3_patch
+from . import dit_patch, flux_instantx_patch, sd3_patch
 from .adapter import Adapter
 from .attention import AdapterEntry, apply_entries, apply_entry
 from .curves import WeightCurve, bind_curve
@@ -14,6 +14,7 @@ from .encode import check_encoder, combine_embeds, encode_images, negative_embed
 from .errors import FaceIDError, ModelMismatchError
 from .inputs import require_finite, require_images
 from .flux import is_dit
+from .flux_instantx import FAMILY as FLUX_INSTANTX
 from .flux import unsupported as unsupported_on_dit
 from .layers import ARCH_NAMES, layer_map, model_arch
 from .progress import tracked
@@ -146,6 +147,14 @@ def apply_adapter(
         entry_options.pop("weight_curve", None)  # refused above unless None
         return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
                                            layer_weights=layer_weights, unfold=unfold, **entry_options)
+    if adapter.spec.family == FLUX_INSTANTX:  # one patch per double and single block (flux_instantx_patch.py)
+        if entry_options.get("embeds_scaling", "V only") != "V only" or entry_options.get("token_transform"):
+            raise ValueError(f"{adapter.name}: the InstantX FLUX adapter normalises its keys, so the weight scales "
+                             f"the values only: set embeds_scaling to 'V only' (token transforms are not available).")
+        weights, sites = flux_instantx_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold),
+                                                     layer_weights)
+        entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
+        return flux_instantx_patch.apply_instantx_entries(model, (entry,), sites)
     if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
         weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights)
         entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import flux, sd3
+from . import flux, flux_instantx, sd3
 from .encoders import FULL_WIDTHS, KnownWidths
 from .errors import TensorShapeError, UnknownAdapterError
 from .families import FAMILIES, MATCH_FIELDS, AdapterSpec, EncoderRequirement, Family, family
@@ -199,6 +199,8 @@ def detect(state_dicts: Mapping, source: str | None = None, *, widths: KnownWidt
         return flux.detect_xlabs(p, ip, where, widths)
     if sd3.is_instantx_sd3(ip):  # InstantX SD3.5 (ipadapter/sd3.py)
         return sd3.detect_sd3(p, ip, where)
+    if flux_instantx.is_instantx_flux(ip):  # InstantX FLUX.1-dev (ipadapter/flux_instantx.py)
+        return flux_instantx.detect_instantx_flux(p, ip, where)
 
     layers = _read_layers(ip, where)
     proj = _projection_of(p, where)

@@ -103,8 +103,9 @@ def dit_patches(model) -> dict:
     return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
 
 
-def flux_model(model, adapter_name: str, spec):
-    """The connected MODEL's Flux diffusion model, checked against the adapter; clear errors otherwise."""
+def flux_model(model, adapter_name: str, spec, with_singles: bool = False):
+    """The connected MODEL's Flux diffusion model, checked against the adapter; clear errors otherwise.
+    ``with_singles``: the adapter has one layer per double and single block (InstantX), not per double block."""
     dm = model.get_model_object("diffusion_model")
     blocks = getattr(dm, "double_blocks", None)
     params = getattr(dm, "params", None)
@@ -113,10 +114,12 @@ def flux_model(model, adapter_name: str, spec):
             f"{adapter_name} is a {ARCH_NAME} IP-Adapter ({spec.label}) but the connected model is "
             f"{type(dm).__name__}, not {ARCH_NAME}. Load a {ARCH_NAME}.1 model (Load Diffusion Model), or use an "
             f"IP-Adapter made for this model.")
-    if len(blocks) != spec.layer_count or params.context_in_dim != spec.context_dim:
+    count = len(blocks) + (len(dm.single_blocks) if with_singles else 0)
+    what = "double and single blocks" if with_singles else "double blocks"
+    if count != spec.layer_count or params.context_in_dim != spec.context_dim:
         raise ModelMismatchError(
-            f"{adapter_name} was made for a {ARCH_NAME} model with {spec.layer_count} double blocks and text width "
-            f"{spec.context_dim}; the connected model has {len(blocks)} double blocks and text width "
+            f"{adapter_name} was made for a {ARCH_NAME} model with {spec.layer_count} {what} and text width "
+            f"{spec.context_dim}; the connected model has {count} {what} and text width "
             f"{params.context_in_dim}. Use a {ARCH_NAME}.1 dev/schnell model.")
     return dm
 
@@ -138,12 +141,18 @@ def apply_dit_entries(model, entries: Sequence[AdapterEntry], block_count: int):
     return patched
 
 
-def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, int]:
-    """Check the MODEL against a DiT ``adapter``; (per-block weights, double-block count) for its entry."""
-    dm = flux_model(model, adapter.name, adapter.spec)
+def flux_blocks_checked(model, adapter, with_singles: bool = False):
+    """``flux_model`` plus the IP layers' width against the model's."""
+    dm = flux_model(model, adapter.name, adapter.spec, with_singles)
     hidden = next(iter(adapter.layer_widths.values()))
     if hidden != dm.hidden_size:
         raise ModelMismatchError(f"{adapter.name}'s IP layers are {hidden} wide; the connected {ARCH_NAME} model's "
                                  f"blocks are {dm.hidden_size} wide. Use an IP-Adapter made for this model.")
+    return dm
+
+
+def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, int]:
+    """Check the MODEL against a DiT ``adapter``; (per-block weights, double-block count) for its entry."""
+    dm = flux_blocks_checked(model, adapter)
     count = len(dm.double_blocks)
     return resolve_block_weights(block_sites(count), weight_type, weight, layer_weights), count

@@ -16,6 +16,7 @@ import comfy.model_management as mm
 from .encoders import known_widths
 from .errors import EncoderMismatchError
 from .families import AdapterSpec
+from .flux_instantx import POOLED_OUTPUT
 from .inputs import require_images
 from .progress import tracked
 
@@ -27,6 +28,8 @@ if _clip_preprocess is None:  # pragma: no cover - newer ComfyUI only
     _clip_preprocess = comfy.clip_model.clip_preprocess
 
 NEGATIVE_MODES = ("black image", "normalized zeros")
+# Vector outputs whose default negative is zeros (as the reference implementations use), not an encoded image.
+ZERO_NEGATIVE_OUTPUTS = ("image_embeds", POOLED_OUTPUT)
 # Which field of the encoder's output carries the features, by the spec's encoder output name.
 _OUTPUT_INDEX = {"image_embeds": 2, "penultimate_hidden_states": 1, "last_hidden_state": 0}
 
@@ -60,6 +63,12 @@ def check_encoder(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
     need = spec.encoder
     if need is None:
         return
+    if need.output == POOLED_OUTPUT:
+        raise EncoderMismatchError(
+            f"{adapter_name} needs {need.model}: the vector of SigLIP's attention-pooling head, which ComfyUI's "
+            f"Load CLIP Vision leaves out, so this node cannot encode for it. Use IPAdapter SigLIP Pooled Encoder "
+            f"(the SigLIP from Load CLIP Vision, the reference image and the SigLIP file, whose head it reads) -> "
+            f"IPAdapter Embeds, or IPAdapter Load Embeds with a saved pooled vector ({need.width} wide).")
     have = encoder_widths(clip_vision)
     width = have.get(need.output)
     if width is None:
@@ -131,7 +140,7 @@ def negative_embeds(clip_vision, output: str, like: Tensor, image_negative: Tens
         return encode_images(clip_vision, image_negative, output, batch_size)
     if mode not in NEGATIVE_MODES:
         raise ValueError(f"unknown negative mode {mode!r}; choose one of {NEGATIVE_MODES}")
-    if output == "image_embeds":
+    if output in ZERO_NEGATIVE_OUTPUTS:
         return torch.zeros_like(like[:1])
     # The default negative is the same for every apply with this encoder: encode it once. Returning the
     # same tensor also lets the adapter reuse its projection (see Adapter.project_cached).
@@ -157,10 +166,10 @@ def negative_for_embeds(spec: AdapterSpec, adapter_name: str, clip_vision, like:
     """The negative for precomputed features ``like`` (IPAdapter Embeds without neg_embed): zeros for
     image_embeds adapters, else the default negative image, which needs the encoder."""
     output = spec.encoder.output
-    if output != "image_embeds" and clip_vision is None:
+    if output not in ZERO_NEGATIVE_OUTPUTS and clip_vision is None:
         raise ValueError(f"{adapter_name}: without neg_embed the negative is encoded from a black image; "
                          "connect clip_vision or neg_embed.")
-    if clip_vision is not None:
+    if clip_vision is not None and output != POOLED_OUTPUT:  # a pooled negative is zeros: no encoder runs
         check_encoder(spec, clip_vision, adapter_name)
     return negative_embeds(clip_vision, output, like, mode=mode)
 

@@ -28,6 +28,7 @@ ARCH = "flux"
 ARCH_NAME = "Flux"
 DIT_ARCH_NAMES = {ARCH: ARCH_NAME, "sd3": "SD3.5"}  # architectures patched per DiT block (not through attn2)
 FLUX_DOUBLE_BLOCKS = 19  # Flux.1 dev / schnell
+FLUX_SINGLE_BLOCKS = 38  # patched by InstantX's adapter only
 DIT_BLOCKS = {ARCH: FLUX_DOUBLE_BLOCKS, "sd3": 38}  # patched blocks of the released models (SD3.5 Large)
 
 # The encoder XLabs trained with (openai/clip-vit-large-patch14, 224 px); ComfyUI: clip_vision_l.safetensors.
@@ -120,10 +121,10 @@ def detect_xlabs(p: Mapping[str, torch.Tensor], ip: Mapping[str, torch.Tensor], 
 # Layers: one module per double block, with the to_k_ip / to_v_ip names the shared entry code reads
 # --------------------------------------------------------------------------------------------------
 class BlockIPLayer(nn.Module):
-    def __init__(self, context_dim: int, hidden: int):
+    def __init__(self, context_dim: int, hidden: int, bias: bool = True):
         super().__init__()
-        self.to_k_ip = nn.Linear(context_dim, hidden, bias=True)
-        self.to_v_ip = nn.Linear(context_dim, hidden, bias=True)
+        self.to_k_ip = nn.Linear(context_dim, hidden, bias=bias)
+        self.to_v_ip = nn.Linear(context_dim, hidden, bias=bias)
 
 
 def build_layers(ip_sd: Mapping[str, torch.Tensor], cast) -> nn.ModuleDict:
@@ -172,6 +173,9 @@ def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight
 
     if layer_weights is not None:
         for n in layer_weights:
+            if isinstance(n, tuple):  # ("single", N) from parse_block_weights
+                raise ValueError(f"layer_weights: {n[0]}_{n[1]}: this adapter has no single-block layers (XLabs "
+                                 f"adapters act on the double blocks only); use double_N keys")
             if not 0 <= n < len(sites):
                 raise ValueError(f"block index {n} is out of range: this {arch_name} model has blocks 0-{len(sites) - 1}")
         per = {s.key: layer_weights.get(s.ckpt_index, 0.0) * weight for s in sites if layer_weights.get(s.ckpt_index, 0.0)}
@@ -186,13 +190,14 @@ def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight
     return {k: LayerWeight(w) for k, w in per.items() if nonzero(w)}
 
 
-_BLOCK_KEY = re.compile(r"^(?:double_)?(\d+)$")
+_BLOCK_KEY = re.compile(r"^(?:(double|single)_)?(\d+)$")
 
 
-def parse_block_weights(text: str, count: int = FLUX_DOUBLE_BLOCKS) -> dict[int, float]:
+def parse_block_weights(text: str, count: int = FLUX_DOUBLE_BLOCKS, singles: int = 0) -> dict:
     """Mad Scientist ``layer_weights`` on Flux: ``N:value`` or ``double_N:value`` entries (N = double block
-    0..count-1) separated by commas or newlines; ``{}`` for blank text."""
-    out: dict[int, float] = {}
+    0..count-1) and, where ``singles`` > 0, ``single_N:value`` (key ``("single", N)``), separated by commas or
+    newlines; ``{}`` for blank text. The model checks the ranges again (a tiny test model has fewer blocks)."""
+    out: dict = {}
     for raw in re.split(r"[,\n]", text):
         entry = raw.strip()
         if not entry:
@@ -201,8 +206,10 @@ def parse_block_weights(text: str, count: int = FLUX_DOUBLE_BLOCKS) -> dict[int,
         m = _BLOCK_KEY.match(key)
 
         def bad(why: str) -> ValueError:
+            single = (f", single_0-single_{singles - 1} (InstantX adapters only)" if singles
+                      else " (single blocks carry no IP layer)")
             return ValueError(f"layer_weights entry {entry!r}: {why}. On {ARCH_NAME} the keys are double blocks: "
-                              f"0-{count - 1} or double_0-double_{count - 1} (single blocks carry no IP layer).")
+                              f"0-{count - 1} or double_0-double_{count - 1}{single}.")
 
         if not sep:
             raise bad("expected key:value, e.g. double_3:0.5")
@@ -212,18 +219,21 @@ def parse_block_weights(text: str, count: int = FLUX_DOUBLE_BLOCKS) -> dict[int,
             w = float(value)
         except ValueError:
             raise bad(f"{value!r} is not a number") from None
-        n = int(m.group(1))
-        if n >= count:
+        n = int(m.group(2))
+        key = ("single", n) if m.group(1) == "single" else n
+        if n >= (singles if m.group(1) == "single" else count):
             raise bad(f"block {n} is out of range")
-        if n in out:
+        if key in out:
             raise bad("this block is given twice")
-        out[n] = w
+        out[key] = w
     return out
 
 
 def parse_any_layer_weights(text: str, arch: str) -> dict:
     """Mad Scientist ``layer_weights`` for any architecture: double-block keys on DiT models."""
-    return parse_block_weights(text, DIT_BLOCKS[arch]) if is_dit(arch) else parse_layer_weights(text, arch)
+    if not is_dit(arch):
+        return parse_layer_weights(text, arch)
+    return parse_block_weights(text, DIT_BLOCKS[arch], FLUX_SINGLE_BLOCKS if arch == ARCH else 0)
 
 
 def token_grid_for(seq_len: int, mask_hw: tuple[int, int]) -> tuple[int, int]:

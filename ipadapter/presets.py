@@ -328,6 +328,28 @@ def preset_version(preset_name: str, *, need_lora: bool = True) -> str:
     return "\n".join(parts)
 
 
+# DiT models (no UNet): the diffusion model's block list -> (name, the adapters and encoders to load by hand).
+# The presets are SD1.5/SDXL strength levels of h94's files, so these models get no preset rows.
+TRANSFORMER_MODELS = {
+    "double_blocks": ("Flux", "XLabs' flux-ip-adapter(-v2).safetensors with clip_vision_l.safetensors (IPAdapter "
+                              "Advanced), or InstantX's FLUX.1-dev ip-adapter.bin with a pooled SigLIP vector "
+                              "(IPAdapter Embeds)"),
+    "joint_blocks": ("SD3.5", "InstantX's SD3.5-Large ip-adapter.bin with sigclip_vision_patch14_384.safetensors "
+                              "(IPAdapter Advanced)"),
+}
+
+
+def refuse_transformer_model(model, preset_name: str) -> None:
+    """A clear ``PresetUnsupported`` when the MODEL is a Flux or SD3 transformer."""
+    dm = model.get_model_object("diffusion_model")
+    for blocks, (name, files) in TRANSFORMER_MODELS.items():
+        if hasattr(dm, blocks):
+            raise PresetUnsupported(
+                f"IPAdapter preset '{preset_name}': the Unified Loader presets are SD1.5/SDXL files, and the connected "
+                f"model is {name}. Load the {name} IP-Adapter with IPAdapter Model Loader and its encoder with Load "
+                f"CLIP Vision instead: {files}.")
+
+
 def resolve_preset(preset_name: str, arch: str | None, *, need_lora: bool = True,
                    widths: KnownWidths | None = None) -> ResolvedPreset:
     """Find the files of ``preset_name`` for a model of architecture ``arch`` ("sd15" / "sdxl").

@@ -1,6 +1,8 @@
 """Embeds nodes (category ipadapter/embeds): encode references to features, apply features, combine, save, load."""
 from __future__ import annotations
 
+import torch
+
 from ..ipadapter.apply import Embeds, apply_adapter, encode_for
 from ..ipadapter.embeds_file import SUFFIX, load_embeds, save_embeds
 from ..ipadapter.encode import EMBEDS_COMBINE_METHODS, combine_embeds, negative_for_embeds, stack_embeds
@@ -25,6 +27,37 @@ class IPAdapterEncoder(FromSpecs):
         embeds = encode_for(adapter, clip_vision, image, negative_mode=negative_mode, mask=mask)
         pos = embeds.cond * weight if weight != 1 else embeds.cond
         return (pos, embeds.uncond)
+
+
+class IPAdapterSigLIPPooledEncoder(FromSpecs):
+    """SigLIP's pooled vector (for InstantX's FLUX.1-dev IP-Adapter): ComfyUI's SigLIP tokens + the file's
+    attention-pooling head (``ipadapter/siglip_pool.py``). The negative is zeros."""
+
+    CATEGORY = _CATEGORY
+    RETURN_TYPES = ("EMBEDS", "EMBEDS")
+    RETURN_NAMES = ("pos_embed", "neg_embed")
+    FUNCTION = "encode"
+    REQUIRED = ("clip_vision", "image", ("clip_name", (
+        "COMBO", {"options": [], "tooltip": "The SigLIP file loaded by Load CLIP Vision: its pooling head is read "
+                                           "from it (ComfyUI's loader leaves the head out)."})))
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        import folder_paths
+
+        types = super().INPUT_TYPES()
+        _, options = types["required"]["clip_name"]
+        types["required"]["clip_name"] = (folder_paths.get_filename_list("clip_vision"),
+                                            {"tooltip": options["tooltip"]})
+        return types
+
+    def encode(self, clip_vision, image, clip_name):
+        import folder_paths
+
+        from ..ipadapter.siglip_pool import pooled_embeds
+
+        pooled = pooled_embeds(clip_vision, image, folder_paths.get_full_path_or_raise("clip_vision", clip_name))
+        return (pooled, torch.zeros_like(pooled[:1]))
 
 
 class IPAdapterEmbeds(FromSpecs):
@@ -110,5 +143,5 @@ class IPAdapterLoadEmbeds:
         return (load_embeds(input_file(embeds, "IPAdapter Load Embeds", SUFFIX)),)
 
 
-NODES = node_table(IPAdapterEncoder, IPAdapterEmbeds, IPAdapterEmbedsBatch, IPAdapterCombineEmbeds,
+NODES = node_table(IPAdapterEncoder, IPAdapterSigLIPPooledEncoder, IPAdapterEmbeds, IPAdapterEmbedsBatch, IPAdapterCombineEmbeds,
                    IPAdapterSaveEmbeds, IPAdapterLoadEmbeds)

@@ -89,6 +89,7 @@ class IPAdapterUnifiedLoaderFaceID:
         return presets.preset_version(preset, need_lora=False)
 
     def load_models(self, model, preset, lora_strength, provider, ipadapter=None):
+        presets.refuse_transformer_model(model, preset)
         resolved = presets.resolve_preset(preset, model_arch(model), need_lora=False)
         pipeline = unified.build_pipeline(resolved, ipadapter, faceid_v2=resolved.preset.faceid_v2)
         pipeline["insightface"] = insightface_glue.face_analysis_entry(pipeline.get("insightface"),

@@ -9,7 +9,7 @@ from ..ipadapter import insightface_glue
 from ..ipadapter.adapter import load_adapter
 from ..ipadapter.layers import model_arch
 from ..ipadapter.output_files import file_version
-from ..ipadapter.presets import preset_names, preset_version, resolve_preset
+from ..ipadapter.presets import preset_names, preset_version, refuse_transformer_model, resolve_preset
 from ..ipadapter.unified import build_pipeline
 from .registry import node_table
 from .specs import FromSpecs
@@ -61,6 +61,7 @@ class IPAdapterUnifiedLoader:
         return preset_version(preset)
 
     def load_models(self, model, preset, ipadapter=None):
+        refuse_transformer_model(model, preset)
         resolved = resolve_preset(preset, model_arch(model))
         return (model, build_pipeline(resolved, ipadapter))
 

@@ -30,6 +30,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "IPAdapterCombineEmbeds": "IPAdapter Combine Embeds",
     "IPAdapterSaveEmbeds": "IPAdapter Save Embeds",
     "IPAdapterLoadEmbeds": "IPAdapter Load Embeds",
+    "IPAdapterSigLIPPooledEncoder": "IPAdapter SigLIP Pooled Encoder",
     # node_defs/faceid.py
     "IPAdapterFaceID": "IPAdapter FaceID",
     "IPAAdapterFaceIDBatch": "IPAdapter FaceID Batch",

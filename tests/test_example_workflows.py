@@ -72,6 +72,7 @@ EXPECTED = {
     "ipadapter_train.json": Expect({"ipadapter_train": 1}, previews=1),  # the preview: the loss curve
     # Runs with SaveLatent in place of VAE Decode + Save Image (no tiny Flux VAE): see harness.tiny_dit.
     "ipadapter_flux_xlabs.json": Expect(latents=1),
+    "ipadapter_flux_instantx.json": Expect(latents=1),  # SaveLatent too: see harness.tiny_dit
     "ipadapter_sd35_instantx.json": Expect(latents=1),  # SaveLatent too: see harness.tiny_sd3
     "ipadapter_fooocus.json": Expect({"ipadapter_fooocus": 1}),
     "ipadapter_weight_curve.json": Expect({"ipadapter_weight_curve_fade_out": 1, "ipadapter_weight_curve_fade_in": 1}),
@@ -294,6 +295,10 @@ def prepare(name: str, request) -> None:
         from harness import tiny_dit
 
         tiny_dit.install_flux_fixtures(request.getfixturevalue("models_dir"))
+    if name == "ipadapter_flux_instantx.json":
+        from harness import tiny_dit
+
+        tiny_dit.install_instantx_flux_example(request.getfixturevalue("models_dir"), input_dir())
     if name == "ipadapter_sd35_instantx.json":
         from harness import tiny_sd3
 
@@ -341,7 +346,7 @@ def test_workflow_runs_headless_on_the_fixture_models(name, request):
     prompt = workflow.use_tiny_models(prompt_of(name))
     if name == "ipadapter_faceid.json":
         prompt = without_insightface(prompt)
-    if name == "ipadapter_flux_xlabs.json":
+    if name in ("ipadapter_flux_xlabs.json", "ipadapter_flux_instantx.json"):
         from harness import tiny_dit
 
         prompt = tiny_dit.tiny_flux_prompt(prompt)

@@ -38,17 +38,7 @@ def flux_files(models_dir, torch_single_thread):
 
 
 def flux_graph(prefix: str, apply: dict | None = None, seed: int = 5) -> dict:
-    prompt = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": tiny_dit.TINY_FLUX_FILE, "weight_dtype": "default"}},
-        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["2", 1]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": seed, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
-            "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"flux/{prefix}"}},
-    }
+    prompt = tiny_dit.sampling_graph(f"flux/{prefix}", seed=seed)
     if apply is not None:
         prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ADAPTER}}
         prompt["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": apply.pop("clip_name", VIT_H)}}

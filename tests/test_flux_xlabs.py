@@ -52,16 +52,7 @@ def inputs():
     return tiny_dit.packed_inputs()
 
 
-def comfy_forward(model, inputs, extra_options: dict | None = None) -> torch.Tensor:
-    """The packed-token forward of ComfyUI's Flux with the MODEL's transformer_options (its patches)."""
-    dm = model.get_model_object("diffusion_model")
-    options = copy.copy(model.model_options.get("transformer_options", {}))
-    options.update(extra_options or {})
-    b = inputs["img"].shape[0]
-    with torch.no_grad():
-        return dm.forward_orig(inputs["img"], inputs["img_ids"][None].expand(b, -1, -1), inputs["txt"],
-                               inputs["txt_ids"][None].expand(b, -1, -1), timesteps=inputs["t"], y=inputs["y"],
-                               guidance=inputs["guidance"], transformer_options=options)
+comfy_forward = tiny_dit.comfy_forward
 
 
 def diffusers_state_dict(version: str, seed: int = 0) -> dict:

@@ -434,3 +434,39 @@ def instantx_sd35_state_dict(scale: str = "tiny", device="cpu", seed: int = 0) -
     """``{"image_proj": {...}, "ip_adapter": {...}}`` as in InstantX's ip-adapter.bin (``device="meta"``: full size)."""
     return {section: _tensors(spec, "instantx-sd35", section, device, seed)
             for section, spec in instantx_sd35_spec(scale).items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# InstantX FLUX.1-dev IP-Adapter (ip-adapter.bin): the released section and key names
+# --------------------------------------------------------------------------------------------------
+def instantx_flux_spec(scale: str = "tiny", dims=None) -> dict[str, _Spec]:
+    """``image_proj``: MLP ``proj.0`` (E -> 2E), ``proj.2`` (2E -> T x 4096), LayerNorm ``norm``; ``ip_adapter``:
+    ``N.to_{k,v}_ip.weight`` (hidden x 4096, no bias) for the double blocks then the single blocks."""
+    from harness.dims import FULL_FLUX, INSTANTX_FLUX_FULL, INSTANTX_FLUX_TINY, TINY_FLUX
+
+    flux = dims or (FULL_FLUX if scale == "full" else TINY_FLUX)
+    width, tokens = INSTANTX_FLUX_FULL if scale == "full" else INSTANTX_FLUX_TINY
+    ctx = flux.context_in_dim
+    proj: _Spec = {}
+    _faceid_mlp(proj, width, ctx, tokens)
+    ip: _Spec = {}
+    for n in range(flux.depth + flux.depth_single_blocks):
+        _linear(ip, f"{n}.to_k_ip", flux.hidden_size, ctx, bias=False)
+        _linear(ip, f"{n}.to_v_ip", flux.hidden_size, ctx, bias=False)
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def instantx_flux_state_dict(scale: str = "tiny", device="cpu", seed: int = 0,
+                             dims=None) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_proj": {...}, "ip_adapter": {...}}`` as in InstantX's ip-adapter.bin (``device="meta"``: full size)."""
+    return {section: _tensors(spec, "instantx-flux", section, device, seed)
+            for section, spec in instantx_flux_spec(scale, dims).items()}
+
+
+def write_instantx_flux(path: str | Path, seed: int = 0, dims=None) -> Path:
+    """A ``.bin`` as released (torch.save of the two sections; weights_only-loadable). Idempotent."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(instantx_flux_state_dict(seed=seed, dims=dims), path)
+    return path

@@ -114,3 +114,7 @@ FULL_SD35_LARGE = SD3Dims(depth=38, context_dim=4096, pooled_dim=2048, siglip_wi
 # Resampler depth 4 as released: diffusers' SD3 loader assumes it.
 TINY_SD35 = SD3Dims(depth=4, context_dim=64, pooled_dim=64, siglip_width=48, siglip_tokens=10, resampler_dim=128,
                     resampler_heads=2, resampler_depth=4, queries=8, timestep_in_dim=32)
+
+# InstantX FLUX.1-dev IP-Adapter: SigLIP so400m pooled width and image tokens (full), tiny stand-ins.
+INSTANTX_FLUX_FULL = (1152, 128)
+INSTANTX_FLUX_TINY = (48, 4)

@@ -101,6 +101,20 @@ def packed_inputs(batch: int = 2, h: int = 4, w: int = 6, txt: int = 5, seed: in
                 t=torch.tensor([0.7] * batch), guidance=torch.tensor([3.5] * batch))
 
 
+def comfy_forward(model, inputs, extra_options: dict | None = None) -> torch.Tensor:
+    """The packed-token forward of ComfyUI's Flux with the MODEL's transformer_options (its patches)."""
+    import copy
+
+    dm = model.get_model_object("diffusion_model")
+    options = copy.copy(model.model_options.get("transformer_options", {}))
+    options.update(extra_options or {})
+    b = inputs["img"].shape[0]
+    with torch.no_grad():
+        return dm.forward_orig(inputs["img"], inputs["img_ids"][None].expand(b, -1, -1), inputs["txt"],
+                               inputs["txt_ids"][None].expand(b, -1, -1), timesteps=inputs["t"], y=inputs["y"],
+                               guidance=inputs["guidance"], transformer_options=options)
+
+
 # --------------------------------------------------------------------------------------------------
 # A tiny Flux *file* that ComfyUI's loaders load (UNETLoader), for headless workflows
 # --------------------------------------------------------------------------------------------------
@@ -176,6 +190,54 @@ def install_flux_fixtures(models_dir) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     for folder in (*FLUX_CANONICAL, "text_encoders", "vae"):
+        folder_paths.filename_list_cache.pop(folder, None)
+
+
+def sampling_graph(prefix: str, seed: int = 5) -> dict:
+    """An API prompt: the tiny Flux file (Load Diffusion Model), the tiny SD1.5 CLIP's text, KSampler with CFG
+    (2 steps, 64x48) and SaveLatent under ``prefix``. Node "1" is the MODEL, "6" the sampler, "7" the save."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_FLUX_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["2", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": seed, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+INSTANTX_EXAMPLE = ("flux1-dev-instantx-ip-adapter.bin", "flux_instantx_reference.ipadpt",
+                    "sigclip_vision_patch14_384.safetensors")  # the example's names
+
+
+def install_instantx_flux_example(models_dir, input_dir) -> None:
+    """The Flux fixtures, a tiny InstantX FLUX file, a pooled-SigLIP-shaped vector and a tiny SigLIP file with
+    its pooling head, under the example's names (the SigLIP name replaces another fixture's stand-in)."""
+    from pathlib import Path
+
+    import folder_paths
+    from safetensors import safe_open
+
+    from harness import adapter_factory, tiny_sd3
+    from harness.dims import INSTANTX_FLUX_TINY
+    from ipadapter_next.ipadapter.embeds_file import save_embeds
+
+    install_flux_fixtures(models_dir)
+    adapter_factory.write_instantx_flux(Path(models_dir) / "ipadapter" / INSTANTX_EXAMPLE[0], seed=6,
+                                        dims=TINY_FLUX_WORKFLOW)
+    pooled = torch.randn(1, INSTANTX_FLUX_TINY[0], generator=torch.Generator().manual_seed(8))
+    save_embeds(pooled, Path(input_dir) / INSTANTX_EXAMPLE[1])
+    siglip = Path(models_dir) / "clip_vision" / INSTANTX_EXAMPLE[2]
+    if siglip.exists():
+        with safe_open(str(siglip), "pt") as f:
+            if "vision_model.head.probe" not in f.keys():
+                siglip.unlink()
+    if not siglip.exists():
+        tiny_sd3.write_tiny_siglip_file(siglip)
+    for folder in ("ipadapter", "clip_vision"):
         folder_paths.filename_list_cache.pop(folder, None)
 
 

@@ -486,10 +486,14 @@ def register_tiny_clip_vision() -> None:
     original = current
 
     def load_clipvision_from_sd(sd, prefix="", convert_keys=False):
+        from harness import tiny_sd3
+
         name = None if convert_keys else _tiny_clip_vision_match(sd)
-        if name is None:
+        siglip = name is None and not convert_keys and tiny_sd3.is_tiny_siglip(sd)
+        if name is None and not siglip:
             return original(sd, prefix=prefix, convert_keys=convert_keys)
-        clip = comfy.clip_vision.ClipVisionModel(str(clip_vision_config_path(name)))
+        config = tiny_sd3.siglip_config_path() if siglip else clip_vision_config_path(name)
+        clip = comfy.clip_vision.ClipVisionModel(str(config))
         missing, unexpected = clip.load_sd(sd)
         if missing:
             logging.warning("missing clip vision: %s", missing)

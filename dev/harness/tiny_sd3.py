@@ -153,21 +153,59 @@ def siglip_config() -> dict:
             "image_std": [0.5, 0.5, 0.5]}
 
 
-def build_tiny_siglip(seed: int = 0):
-    """A ``comfy.clip_vision.ClipVisionModel`` of the tiny SigLIP config with seeded weights."""
+def siglip_config_path():
+    """The tiny SigLIP config as a JSON file (ComfyUI's ClipVisionModel reads a path)."""
     import json
 
-    import comfy.clip_vision
-    import comfy.ops
-
-    from harness.tiny_models import CONFIG_CACHE, seeded_state_dict
+    from harness.tiny_models import CONFIG_CACHE
 
     path = CONFIG_CACHE / "clip_vision_tiny_siglip_384.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(siglip_config(), indent=2, sort_keys=True)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
-    clip = comfy.clip_vision.ClipVisionModel(str(path))
+    return path
+
+
+def is_tiny_siglip(sd) -> bool:
+    """A state dict with the tiny SigLIP's width, token count and depth (HF layout, no projection)."""
+    c = siglip_config()
+    pos = sd.get("vision_model.embeddings.position_embedding.weight")
+    layers = {k.split(".")[3] for k in sd if k.startswith("vision_model.encoder.layers.")}
+    return (pos is not None and tuple(pos.shape) == ((c["image_size"] // c["patch_size"]) ** 2, c["hidden_size"])
+            and len(layers) == c["num_hidden_layers"] and "visual_projection.weight" not in sd)
+
+
+def write_tiny_siglip_file(path, head: bool = True, seed: int = 0):
+    """A tiny SigLIP file as released (``vision_model.*`` keys, the pooling head with ``head=True``), made by
+    transformers' ``SiglipVisionModel``; returns that model (the oracle). Rewritten every call (cheap)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    c = siglip_config()
+    torch.manual_seed(seed)
+    hf = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_attention_heads=c["num_attention_heads"], num_hidden_layers=c["num_hidden_layers"],
+        image_size=c["image_size"], patch_size=c["patch_size"])).eval()
+    # The released files' names (transformers 5 drops the vision_model. prefix from the module's keys).
+    sd = {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.contiguous() for k, v in hf.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if head or ".head." not in k}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return hf
+
+
+def build_tiny_siglip(seed: int = 0):
+    """A ``comfy.clip_vision.ClipVisionModel`` of the tiny SigLIP config with seeded weights."""
+    import comfy.clip_vision
+    import comfy.ops
+
+    from harness.tiny_models import seeded_state_dict
+
+    clip = comfy.clip_vision.ClipVisionModel(str(siglip_config_path()))
     meta = comfy.clip_vision.IMAGE_ENCODERS["siglip_vision_model"](siglip_config(), torch.float32,
                                                                    torch.device("meta"), comfy.ops.manual_cast)
     missing, unexpected = clip.load_sd(seeded_state_dict(meta, seed))
