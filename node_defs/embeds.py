@@ -6,6 +6,7 @@ import torch
 from ..ipadapter.apply import Embeds, apply_adapter, encode_for
 from ..ipadapter.embeds_file import SUFFIX, load_embeds, save_embeds
 from ..ipadapter.encode import EMBEDS_COMBINE_METHODS, combine_embeds, negative_for_embeds, stack_embeds
+from ..ipadapter.flux import parse_any_layer_weights
 from ..ipadapter.output_files import file_version, input_file, input_files, next_output_file
 from ..ipadapter.unified import adapter_and_encoder
 from .registry import node_table
@@ -66,18 +67,21 @@ class IPAdapterEmbeds(FromSpecs):
     FUNCTION = "apply_ipadapter"
     REQUIRED = ("model", "ipadapter", "pos_embed", WEIGHT_UP_TO_3, "weight_type", "start_at", "end_at",
                 "embeds_scaling")
-    OPTIONAL = ("neg_embed", "attn_mask", "clip_vision", "negative_mode", "weight_curve")
+    # layer_weights: per-layer (per-block on Flux / SD3.5) strengths as on Mad Scientist, for adapters that only
+    # take embeds (InstantX FLUX's pooled SigLIP); empty keeps weight_type.
+    OPTIONAL = ("neg_embed", "attn_mask", "clip_vision", "negative_mode", "weight_curve", "layer_weights")
     UNFOLD = False
 
     def apply_ipadapter(self, model, ipadapter, pos_embed, weight, weight_type, start_at, end_at, embeds_scaling,
                         neg_embed=None, attn_mask=None, clip_vision=None, negative_mode="black image",
-                        weight_curve=None):
+                        weight_curve=None, layer_weights=""):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
         if neg_embed is None:
             neg_embed = negative_for_embeds(adapter.spec, adapter.name, clip_vision, pos_embed, negative_mode)
         return (apply_adapter(model, adapter, Embeds(pos_embed, neg_embed), weight=weight, weight_type=weight_type,
                               start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling, attn_mask=attn_mask,
-                              unfold=self.UNFOLD, weight_curve=weight_curve),)
+                              unfold=self.UNFOLD, weight_curve=weight_curve,
+                              layer_weights=parse_any_layer_weights(layer_weights, adapter.spec.arch) or None),)
 
 
 class IPAdapterEmbedsBatch(IPAdapterEmbeds):

@@ -92,3 +92,17 @@ def test_the_pooled_encoder_node_feeds_the_adapter():
     plain = latent_of(executor.run_prompt(graph("plain2", weight=None)))
     loaded = latent_of(executor.run_prompt(graph("loaded", 0.8)))
     assert (encoded - plain).abs().mean() > 1e-3 and (encoded - loaded).abs().mean() > 1e-4
+
+
+def test_per_block_weights_through_the_embeds_node():
+    """layer_weights on IPAdapter Embeds (the node InstantX FLUX goes through): every block named at 1 is the
+    plain weight; a subset acts, but differently from all blocks; a block outside the model is named."""
+    every = "double_0:1, double_1:1, double_2:1, single_0:1, single_1:1"
+    full = latent_of(executor.run_prompt(graph("lw_none", 0.8)))
+    all_blocks = latent_of(executor.run_prompt(graph("lw_all", 0.8, layer_weights=every)))
+    assert torch.allclose(all_blocks, full, atol=1e-5, rtol=0)  # the weight meets the block's 1 in another order
+    plain = latent_of(executor.run_prompt(graph("lw_plain", weight=None)))
+    some = latent_of(executor.run_prompt(graph("lw_some", 0.8, layer_weights="single_1:1")))
+    assert (some - plain).abs().mean() > 1e-3 and (some - full).abs().mean() > 1e-3
+    result = executor.run_prompt(graph("lw_bad", 0.8, layer_weights="single_9:1"))
+    assert not result.success and "single_9" in result.error["exception_message"]
