@@ -142,9 +142,8 @@ def apply_adapter(
                         ("start_at", entry_options.get("start_at", 0.0)), ("end_at", entry_options.get("end_at", 1.0))):
         require_finite(name, value)  # before the per-architecture paths, so every one of them is covered
     if adapter.spec.arch == "sd3" or is_dit(adapter.spec.arch):
-        unsupported_on_transformers(adapter, attention_mode, entry_options.get("weight_curve"))
+        unsupported_on_transformers(adapter, attention_mode)
     if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
-        entry_options.pop("weight_curve", None)  # refused above unless None
         return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
                                            layer_weights=layer_weights, unfold=unfold, **entry_options)
     if adapter.spec.family == FLUX_INSTANTX:  # one patch per double and single block (flux_instantx_patch.py)
@@ -168,14 +167,11 @@ def apply_adapter(
     return apply_entry(model, entry, adapter.spec.arch)
 
 
-def unsupported_on_transformers(adapter: Adapter, attention_mode: str, weight_curve) -> None:
+def unsupported_on_transformers(adapter: Adapter, attention_mode: str) -> None:
     """UNet-only controls on a Flux / SD3.5 adapter: refused before anything is patched."""
     if find_attention_mode(attention_mode):
         raise ValueError(unsupported_on_dit("attention_mode 'joint' (Fooocus's one softmax)", adapter.name,
                                             adapter.spec.arch) + " Set attention_mode to 'decoupled'.")
-    if weight_curve is not None and adapter.spec.arch == "sd3":  # its time-conditioned tokens have no curve yet
-        raise ValueError(unsupported_on_dit("weight_curve", adapter.name, adapter.spec.arch)
-                         + " Disconnect weight_curve; start_at/end_at limit the adapter to part of sampling.")
 
 
 # attention_mode -> joint? "decoupled": the adapters' own design, image attention added to the text's;

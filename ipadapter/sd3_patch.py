@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from comfy.ldm.modules.diffusionmodules.mmdit import modulate, split_qkv
 
 from .attention import _current_sigma, _resize_batch, patch_models
+from .curves import bind_curve
 from .encode import combine_embeds
 from .errors import ModelMismatchError
 from .flux import resolve_block_weights, token_grid_for
@@ -53,11 +54,15 @@ class SD3Entry:
     sigma_end: float = 0.0
     mask: torch.Tensor | None = None
     mask_interpolation: str = "bilinear"
+    curve: Any = None  # curves.BoundCurve: weight multiplier per call, from the sigma
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def active(self, sigma: float | None) -> bool:
         return sigma is None or self.sigma_end <= sigma <= self.sigma_start
+
+    def multiplier(self, sigma: float | None) -> float:
+        return 1.0 if self.curve is None else self.curve.at(sigma)
 
     def _step_cache(self, sigma: float | None) -> dict:
         with self._lock:
@@ -126,7 +131,8 @@ class JointBlockIP:
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
         sigma = _current_sigma(options)
-        active = [e for e in self._weighted if e.active(sigma)]
+        # One curve lookup per entry and call; a curve at 0 turns the entry off for this call.
+        active = [(e, m) for e in self._weighted if e.active(sigma) for m in (e.multiplier(sigma),) if m != 0.0]
         run = self.inner if self.inner is not None else (lambda a, e: e["original_block"](a))
         if not active:
             return run(args, extra)
@@ -152,7 +158,7 @@ class JointBlockIP:
             cond_or_uncond = tuple(options.get("cond_or_uncond") or (0,))
             per = x.shape[0] // len(cond_or_uncond)
             total = None
-            for entry in active:
+            for entry, multiplier in active:
                 layer = entry.layers[str(self.site.ckpt_index)]
                 wq = layer.norm_q["weight"].to(x.device, x.dtype)
                 wk = layer.norm_k["weight"].to(x.device, x.dtype)
@@ -161,7 +167,8 @@ class JointBlockIP:
                 ip_v = torch.cat([_resize_batch(vu if ch == 1 else vc, per) for ch in cond_or_uncond])
                 out = F.scaled_dot_product_attention(rms_norm(q, wq), torch.cat([rms_norm(k, wk), ip_k], dim=2),
                                                      torch.cat([v, ip_v], dim=2))
-                out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * entry.weights[self.site.key].weight
+                out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * (entry.weights[self.site.key].weight
+                                                                              * multiplier)
                 if entry.mask is not None:
                     grid = token_grid_for(x.shape[1], tuple(entry.mask.shape[-2:]))
                     m = resample_mask(entry.mask, grid, entry.mask_interpolation).to(x.device, x.dtype)
@@ -202,7 +209,7 @@ def mmdit_model(model, adapter):
 def apply_sd3_adapter(model, adapter, embeds, *, weight=1.0, weight_type: str = "linear", layer_weights=None,
                       unfold: bool = False, combine: str = "concat", start_at: float = 0.0, end_at: float = 1.0,
                       embeds_scaling: str = "V only", attn_mask=None, mask_interpolation: str = "bilinear",
-                      token_transform=None, weight_composition=None, boost=None):
+                      token_transform=None, weight_composition=None, boost=None, weight_curve=None):
     """``apply.apply_adapter`` for InstantX SD3.5: a patched clone of ``model``."""
     from .weights import as_frame_weights
 
@@ -226,7 +233,7 @@ def apply_sd3_adapter(model, adapter, embeds, *, weight=1.0, weight_type: str = 
                      sigma_start=float(sampling.percent_to_sigma(start_at)),
                      sigma_end=float(sampling.percent_to_sigma(end_at)),
                      mask=None if attn_mask is None else (attn_mask[None] if attn_mask.dim() == 2 else attn_mask),
-                     mask_interpolation=mask_interpolation)
+                     mask_interpolation=mask_interpolation, curve=bind_curve(weight_curve, sampling))
     patched = model.clone()
     current = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for site in sites:

@@ -183,11 +183,25 @@ def test_siglip_encoder_path_and_a_clip_encoder_is_refused(sd3_model, inputs):
         apply.encode_for(adapter, tiny_models.build_clip_vision("vit-h"), image)
 
 
-def test_weight_curve_and_joint_mode_say_they_are_not_available(sd3_model):
+def test_weight_curve_multiplies_the_weight_per_call(sd3_model, inputs):
     from ipadapter_next.ipadapter import curves
 
-    fade = curves.WeightCurve(((0.0, 1.0), (1.0, 0.0)))
-    with pytest.raises(ValueError, match="weight_curve is not available .*SD3.5.*Disconnect weight_curve"):
-        apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight_curve=fade)
+    adapter = instantx()
+    sampling = sd3_model.get_model_object("model_sampling")
+    fade = curves.WeightCurve(((0.0, 1.0), (1.0, 0.0)))  # 1 at the start, 0 at the end
+    curved = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight=1.0, weight_curve=fade)
+    for t in (900.0, 300.0):  # comfy_forward's sigma is t / 1000
+        m = curves.bind_curve(fade, sampling).at(t / 1000.0)
+        same = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight=m)
+        assert 0.0 < m < 1.0
+        assert torch.allclose(comfy_forward(curved, inputs, t), comfy_forward(same, inputs, t), atol=1e-5, rtol=0)
+    flat = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight_curve=curves.WeightCurve(((0.0, 1.0),)))
+    assert torch.equal(comfy_forward(flat, inputs, 500.0),
+                       comfy_forward(apply.apply_adapter(sd3_model, adapter, embeds_of(3)), inputs, 500.0))
+    off = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight_curve=curves.WeightCurve(((0.0, 0.0),)))
+    assert torch.equal(comfy_forward(off, inputs, 500.0), comfy_forward(sd3_model, inputs, 500.0))
+
+
+def test_joint_mode_says_it_is_not_available(sd3_model):
     with pytest.raises(ValueError, match="attention_mode 'joint'.*SD3.5"):
         apply.apply_adapter(sd3_model, instantx(), embeds_of(3), attention_mode="joint")
