@@ -37,15 +37,32 @@ def image_query(block, img: torch.Tensor, vec) -> torch.Tensor:
     return q
 
 
-class DoubleBlockIP:
-    """Replace patch for one double block: the wrapped block (or patch) plus every entry's image branch."""
+class BlockPatch:
+    """A ``patches_replace["dit"]`` entry: the entries applied at one block and the patch it wraps (another
+    extension's, or None for the block itself). Immutable; subclasses add the image branch (``__call__``)."""
 
-    def __init__(self, site: LayerSite, entries: tuple[AdapterEntry, ...], inner: Callable | None, diffusion_model):
+    def __init__(self, site: LayerSite, entries: tuple, inner: Callable | None, diffusion_model):
         self.site = site
         self.entries = entries
         self.inner = inner
         self.diffusion_model = diffusion_model
         self._weighted = tuple(e for e in entries if site.key in e.weights)  # weight-0 blocks cost nothing
+
+    # ComfyUI 0.3.75 deep-copies model_options on clone; the patch is immutable, so sharing is right.
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, *args, **kwargs):  # K/V follow the call's device; only a wrapped foreign patch may move
+        move = getattr(self.inner, "to", None)
+        moved = self.inner if move is None else move(*args, **kwargs)
+        return self if moved is self.inner else type(self)(self.site, self.entries, moved, self.diffusion_model)
+
+    def models(self) -> list:
+        return patch_models(self.entries, self.inner)
+
+
+class DoubleBlockIP(BlockPatch):
+    """Replace patch for one double block: the wrapped block (or patch) plus every entry's image branch."""
 
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
@@ -85,18 +102,6 @@ class DoubleBlockIP:
         grid = token_grid_for(like.shape[1], tuple(entry.mask.shape[-2:]))
         # mask_batch places the mask on the grid it is given as the "latent" size.
         return entry.mask_batch(like, {"original_shape": grid}, n_chunks)
-
-    # ComfyUI 0.3.75 deep-copies model_options on clone; the patch is immutable, so sharing is right.
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, *args, **kwargs):  # K/V follow q's device per call; only a wrapped foreign patch may move
-        move = getattr(self.inner, "to", None)
-        moved = self.inner if move is None else move(*args, **kwargs)
-        return self if moved is self.inner else DoubleBlockIP(self.site, self.entries, moved, self.diffusion_model)
-
-    def models(self) -> list:
-        return patch_models(self.entries, self.inner)
 
 
 def dit_patches(model) -> dict:

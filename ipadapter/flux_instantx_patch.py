@@ -18,15 +18,14 @@ A mask multiplies the image tokens' term; in single blocks the text tokens keep 
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from comfy.ldm.flux.layers import apply_mod
 
-from .attention import AdapterEntry, _current_sigma, patch_models
-from .dit_patch import flux_blocks_checked, image_query
+from .attention import AdapterEntry, _current_sigma
+from .dit_patch import BlockPatch, flux_blocks_checked, image_query
 from .flux import resolve_block_weights, token_grid_for
 from .flux_instantx import NORM_EPS, block_sites, processor_weights
 from .layers import LayerSite
@@ -47,16 +46,12 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS)
 
 
-class InstantXBlockIP:
+class InstantXBlockIP(BlockPatch):
     """Replace patch for one double or single block: every entry's IP term added inside the block."""
 
-    def __init__(self, site: LayerSite, entries: tuple[AdapterEntry, ...], inner: Callable | None, diffusion_model):
-        self.site = site
-        self.entries = entries
-        self.inner = inner
-        self.diffusion_model = diffusion_model
-        self.single = site.key[0] == "single_block"
-        self._weighted = tuple(e for e in entries if site.key in e.weights)  # weight-0 blocks cost nothing
+    @property
+    def single(self) -> bool:
+        return self.site.key[0] == "single_block"
 
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
@@ -116,17 +111,6 @@ class InstantXBlockIP:
         grid = token_grid_for(img_len, tuple(entry.mask.shape[-2:]))
         mask = entry.mask_batch(img, {"original_shape": grid}, n_chunks)
         return torch.cat([out[:, :out.shape[1] - img_len], img * mask], dim=1)
-
-    def __deepcopy__(self, memo):  # immutable: ComfyUI 0.3.75 deep-copies model_options on clone
-        return self
-
-    def to(self, *args, **kwargs):
-        move = getattr(self.inner, "to", None)
-        moved = self.inner if move is None else move(*args, **kwargs)
-        return self if moved is self.inner else InstantXBlockIP(self.site, self.entries, moved, self.diffusion_model)
-
-    def models(self) -> list:
-        return patch_models(self.entries, self.inner)
 
 
 def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, tuple[LayerSite, ...]]:

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from comfy.ldm.modules.diffusionmodules.mmdit import modulate, split_qkv
 
-from .attention import _current_sigma, _resize_batch, patch_models
+from .attention import _current_sigma, _resize_batch
 from .curves import bind_curve
+from .dit_patch import BlockPatch
 from .encode import combine_embeds
 from .errors import ModelMismatchError
 from .flux import resolve_block_weights, token_grid_for
@@ -55,7 +56,8 @@ class SD3Entry:
     mask: torch.Tensor | None = None
     mask_interpolation: str = "bilinear"
     curve: Any = None  # curves.BoundCurve: weight multiplier per call, from the sigma
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # this step's tokens and K/V
+    _masks: dict = field(default_factory=dict, repr=False)  # (grid, device, dtype) -> resampled mask, kept
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def active(self, sigma: float | None) -> bool:
@@ -63,6 +65,16 @@ class SD3Entry:
 
     def multiplier(self, sigma: float | None) -> float:
         return 1.0 if self.curve is None else self.curve.at(sigma)
+
+    def mask_on(self, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """The mask on the image-token grid, resampled once per grid, device and dtype for the whole run."""
+        key = (grid, like.device, like.dtype)
+        hit = self._masks.get(key)
+        if hit is None:
+            hit = resample_mask(self.mask, grid, self.mask_interpolation).to(like.device, like.dtype)
+            with self._lock:
+                self._masks[key] = hit
+        return hit
 
     def _step_cache(self, sigma: float | None) -> dict:
         with self._lock:
@@ -118,15 +130,8 @@ def _layer_kv(params: dict, tokens: torch.Tensor, temb: torch.Tensor):
     return rms_norm(k, params["norm_ip_k.weight"]), v
 
 
-class JointBlockIP:
+class JointBlockIP(BlockPatch):
     """Replace patch for one MMDiT joint block; wraps what was registered there before."""
-
-    def __init__(self, site: LayerSite, entries: tuple[SD3Entry, ...], inner: Callable | None, diffusion_model):
-        self.site = site
-        self.entries = entries
-        self.inner = inner
-        self.diffusion_model = diffusion_model
-        self._weighted = tuple(e for e in entries if site.key in e.weights)
 
     def __call__(self, args: dict, extra: dict) -> dict:
         options = args.get("transformer_options") or {}
@@ -171,21 +176,10 @@ class JointBlockIP:
                                                                               * multiplier)
                 if entry.mask is not None:
                     grid = token_grid_for(x.shape[1], tuple(entry.mask.shape[-2:]))
-                    m = resample_mask(entry.mask, grid, entry.mask_interpolation).to(x.device, x.dtype)
+                    m = entry.mask_on(grid, x)
                     out = out * (m if m.shape[0] == 1 else _resize_batch(m, per).repeat(len(cond_or_uncond), 1, 1))
                 total = out if total is None else total + out
         return total
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def to(self, *args, **kwargs):
-        move = getattr(self.inner, "to", None)
-        moved = self.inner if move is None else move(*args, **kwargs)
-        return self if moved is self.inner else JointBlockIP(self.site, self.entries, moved, self.diffusion_model)
-
-    def models(self) -> list:
-        return patch_models(self.entries, self.inner)
 
 
 def mmdit_model(model, adapter):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import folder_paths
 
@@ -30,21 +29,12 @@ def instantx_files(models_dir, torch_single_thread):
 def graph(prefix: str, weight: float | None = 0.8, **apply) -> dict:
     prompt = tiny_dit.sampling_graph(f"flux_instantx/{prefix}")
     if weight is not None:
-        prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ADAPTER}}
-        prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": REFERENCE_EMBEDS}}
-        prompt["12"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": NEGATIVE_EMBEDS}}
-        inputs = {"model": ["1", 0], "ipadapter": ["10", 0], "pos_embed": ["11", 0], "neg_embed": ["12", 0],
-                  "weight": weight, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}
-        inputs.update(apply)
-        prompt["13"] = {"class_type": "IPAdapterEmbeds", "inputs": inputs}
-        prompt["6"]["inputs"]["model"] = ["13", 0]
+        tiny_dit.add_embeds_adapter(prompt, ADAPTER, REFERENCE_EMBEDS, NEGATIVE_EMBEDS, weight, **apply)
     return prompt
 
 
 def latent_of(result) -> torch.Tensor:
-    result.raise_for_error()
-    (saved,) = result.outputs["7"]["latents"]
-    return load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    return result.latent("7")
 
 
 def test_loads_applies_and_samples():

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 import folder_paths
 import nodes
@@ -59,10 +58,7 @@ def flux_graph(prefix: str, apply: dict | None = None, seed: int = 5) -> dict:
 
 
 def latent_of(result, node: str = "7") -> torch.Tensor:
-    result.raise_for_error()
-    (saved,) = result.outputs[node]["latents"]
-    path = Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
-    return load_file(str(path))["latent_tensor"]
+    return result.latent(node)
 
 
 def test_adapter_changes_the_sample_and_weight_zero_is_the_plain_sample():

@@ -205,3 +205,22 @@ def test_weight_curve_multiplies_the_weight_per_call(sd3_model, inputs):
 def test_joint_mode_says_it_is_not_available(sd3_model):
     with pytest.raises(ValueError, match="attention_mode 'joint'.*SD3.5"):
         apply.apply_adapter(sd3_model, instantx(), embeds_of(3), attention_mode="joint")
+
+
+def test_masks_act_on_the_image_tokens_and_are_resampled_once(sd3_model, inputs):
+    adapter = instantx()
+    plain, full = comfy_forward(sd3_model, inputs, 500.0), comfy_forward(
+        apply.apply_adapter(sd3_model, adapter, embeds_of(3)), inputs, 500.0)
+    ones = apply.apply_adapter(sd3_model, adapter, embeds_of(3), attn_mask=torch.ones(32, 48))
+    zeros = apply.apply_adapter(sd3_model, adapter, embeds_of(3), attn_mask=torch.zeros(32, 48))
+    assert torch.allclose(comfy_forward(ones, inputs, 500.0), full, atol=1e-6)
+    assert torch.equal(comfy_forward(zeros, inputs, 500.0), plain)
+    left = torch.zeros(32, 48)
+    left[:, :24] = 1
+    half = apply.apply_adapter(sd3_model, adapter, embeds_of(3), attn_mask=left)
+    out = comfy_forward(half, inputs, 500.0)
+    assert (out - plain).abs().max() > 1e-3 and (out - full).abs().max() > 1e-3
+    comfy_forward(half, inputs, 300.0)  # a second step, every block: the same resampled mask serves
+    (entry,) = {e for patch in half.model_options["transformer_options"]["patches_replace"]["dit"].values()
+                for e in patch.entries}
+    assert len(entry._masks) == 1

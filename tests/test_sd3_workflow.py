@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import folder_paths
 
-from harness import executor, tiny_sd3
+from harness import executor, tiny_dit, tiny_sd3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,21 +33,12 @@ def sd3_graph(prefix: str, weight: float | None = 0.8, **apply) -> dict:
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"sd3/{prefix}"}},
     }
     if weight is not None:
-        prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": tiny_sd3.TINY_SD3_ADAPTER}}
-        prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": tiny_sd3.TINY_SD3_EMBEDS[0]}}
-        prompt["12"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": tiny_sd3.TINY_SD3_EMBEDS[1]}}
-        inputs = {"model": ["1", 0], "ipadapter": ["10", 0], "pos_embed": ["11", 0], "neg_embed": ["12", 0],
-                  "weight": weight, "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}
-        inputs.update(apply)
-        prompt["13"] = {"class_type": "IPAdapterEmbeds", "inputs": inputs}
-        prompt["6"]["inputs"]["model"] = ["13", 0]
+        tiny_dit.add_embeds_adapter(prompt, tiny_sd3.TINY_SD3_ADAPTER, *tiny_sd3.TINY_SD3_EMBEDS[:2], weight, **apply)
     return prompt
 
 
 def latent_of(result) -> torch.Tensor:
-    result.raise_for_error()
-    (saved,) = result.outputs["7"]["latents"]
-    return load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    return result.latent("7")
 
 
 def test_loads_applies_and_samples():

@@ -90,6 +90,14 @@ class Result:
                 tensors.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0))
         return tensors
 
+    def latent(self, node: str = "7"):
+        """The latent a SaveLatent node (id ``node``) wrote, as a tensor (the DiT workflows save latents)."""
+        from safetensors.torch import load_file
+
+        self.raise_for_error()
+        (saved,) = self.outputs[node]["latents"]
+        return load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
 
 def get_executor():
     """The process's single ``execution.PromptExecutor`` (created on first use)."""

@@ -263,3 +263,17 @@ def tiny_flux_prompt(prompt: dict, text_checkpoint: str = "tiny_sd15.safetensors
     for node_id in [i for i, n in prompt.items() if n["class_type"] in ("VAELoader", "SaveImage")]:
         del prompt[node_id]
     return prompt
+
+
+def add_embeds_adapter(prompt: dict, ipadapter_file: str, pos_embeds: str, neg_embeds: str, weight: float,
+                       **inputs) -> dict:
+    """Put IPAdapter Model Loader, two Load Embeds and IPAdapter Embeds between node "1" (the MODEL) and the
+    sampler "6" of a sampling graph; ``inputs`` override the Embeds node's defaults."""
+    prompt["10"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": ipadapter_file}}
+    prompt["11"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": pos_embeds}}
+    prompt["12"] = {"class_type": "IPAdapterLoadEmbeds", "inputs": {"embeds": neg_embeds}}
+    prompt["13"] = {"class_type": "IPAdapterEmbeds", "inputs": {
+        "model": ["1", 0], "ipadapter": ["10", 0], "pos_embed": ["11", 0], "neg_embed": ["12", 0], "weight": weight,
+        "weight_type": "linear", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only", **inputs}}
+    prompt["6"]["inputs"]["model"] = ["13", 0]
+    return prompt
