@@ -10,6 +10,13 @@ CPU the bytes autograd saves for one backward pass.
 
     .venv/bin/python dev/benchmark_training.py --arch sd15 --family plus --scale tiny --latent 32 --batch 2
     .venv/bin/python dev/benchmark_training.py --arch sdxl --scale full --latent 128 --batch 1   (GPU)
+    .venv/bin/python dev/benchmark_training.py --scale full --latent 64 --batch 1 --rounds 3 --encoders
+
+``--encoders``: the reference script encodes its batch inside every step (VAE encode and sample, CLIP
+vision, text encoder, all under no_grad), so its step also runs those frozen encoders (diffusers'
+AutoencoderKL and transformers' CLIP models in the released architectures, random weights); this trainer
+encodes a sample once and reuses it (``TrainSettings.cache_encodings``, on in the node), so its step on a
+sample it has seen is the UNet step. The ratio then compares the two recipes' steps after the first epoch.
 """
 from __future__ import annotations
 
@@ -40,6 +47,49 @@ from ipadapter_next.ipadapter.training import bench, recipe, trainer  # noqa: E4
 from ipadapter_next.ipadapter.training.adapter import FusedIPLayers, TrainableAdapter, text_kv_weights  # noqa: E402
 
 CONFIG_CLASS = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+TINY_VAE = dict(block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4, norm_num_groups=8)
+# (hidden, intermediate, layers, heads, projection) of the text encoders: CLIP ViT-L, OpenCLIP bigG
+TEXT = {"full": {"l": (768, 3072, 12, 12, 768), "g": (1280, 5120, 32, 20, 1280)},
+        "tiny": {"l": (64, 128, 2, 2, 64), "g": (64, 128, 2, 2, 64)}}
+
+
+def reference_encoders(arch: str, scale: str, family_output: str, batch: int, resolution: int, dtype):
+    """The reference step's encoding of one batch (frozen, no_grad), on the same device and dtype."""
+    from diffusers import AutoencoderKL
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    dev = mm.get_torch_device()
+    vae = AutoencoderKL(**(SD_VAE if scale == "full" else TINY_VAE))
+    vae.decoder = None  # only encode runs
+    enc = ENCODER[scale]
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=enc.hidden_size, intermediate_size=enc.intermediate_size, num_hidden_layers=enc.num_hidden_layers,
+        num_attention_heads=enc.num_attention_heads, image_size=enc.image_size, patch_size=enc.patch_size,
+        projection_dim=enc.projection_dim, hidden_act="gelu"))
+    texts = []
+    for name in ("l", "g") if arch == "sdxl" else ("l",):
+        hidden, inter, layers, heads, proj = TEXT[scale][name]
+        cfg = CLIPTextConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                             num_attention_heads=heads, projection_dim=proj, hidden_act="gelu")
+        texts.append((CLIPTextModelWithProjection if name == "g" else CLIPTextModel)(cfg))
+    models = [m.to(dev, dtype).eval().requires_grad_(False) for m in (vae, vision, *texts)]
+    g = torch.Generator().manual_seed(1)
+    pixels = (torch.rand(batch, 3, resolution, resolution, generator=g) * 2 - 1).to(dev, dtype)
+    clip_pixels = torch.randn(batch, 3, enc.image_size, enc.image_size, generator=g).to(dev, dtype)
+    ids = torch.randint(0, 49408, (batch, 77), generator=g).to(dev)
+
+    def encode() -> None:
+        with torch.no_grad():
+            models[0].encode(pixels).latent_dist.sample()
+            out = models[1](clip_pixels, output_hidden_states=family_output != "image_embeds")
+            _ = out.image_embeds if family_output == "image_embeds" else out.hidden_states[-2]
+            for text in models[2:]:
+                text(ids, output_hidden_states=True)
+    return encode
 ENCODER = {"tiny": dims.TINY_CLIP["vit-h"], "full": dims.FULL_CLIP["vit-h"]}
 
 
@@ -106,6 +156,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--encoders", action="store_true",
+                   help="the reference step also encodes its batch, as the reference script does every step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,14 +211,22 @@ def main() -> None:
         ref_opt.step()
         ref_opt.zero_grad(set_to_none=True)
 
+    encode = (reference_encoders(args.arch, args.scale, fam.encoder_output, args.batch, args.latent * 8, dtype)
+              if args.encoders else None)
+
+    def reference_step() -> None:
+        if encode is not None:
+            encode()
+        ref_step()
+
     with ours.session():
         results = {}
-        for name, step in (("ours", ours_step), ("reference", ref_step)):
+        for name, step in (("ours", ours_step), ("reference", reference_step)):
             results[name] = bench.measure(step, 2, dev, warmup=1)
         ratios = []
         for _ in range(args.rounds):
             times = {}
-            for name, step in (("ours", ours_step), ("reference", ref_step)):
+            for name, step in (("ours", ours_step), ("reference", reference_step)):
                 start = time.perf_counter()
                 step()
                 if dev.type == "cuda":
@@ -176,7 +236,8 @@ def main() -> None:
             results.setdefault("t_ours", []).append(times["ours"])
             results.setdefault("t_ref", []).append(times["reference"])
     print(f"{args.arch} {args.family} {args.scale} latent {args.latent} batch {args.batch} on {dev} ({dtype}), "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds")
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds"
+          + (", reference step includes its per-step encoding" if args.encoders else ""))
     print(f"  ours      median {statistics.median(results['t_ours']) * 1000:8.1f} ms  peak {results['ours'].peak_bytes / 2**20:8.1f} MiB ({results['ours'].peak_kind})")
     print(f"  reference median {statistics.median(results['t_ref']) * 1000:8.1f} ms  peak {results['reference'].peak_bytes / 2**20:8.1f} MiB")
     print(f"  time ratio ours/reference: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "

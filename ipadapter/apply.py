@@ -145,17 +145,19 @@ def apply_adapter(
         unsupported_on_transformers(adapter, attention_mode)
     if adapter.spec.arch == "sd3":  # InstantX SD3.5: one patch per joint block (ipadapter/sd3_patch.py)
         return sd3_patch.apply_sd3_adapter(model, adapter, embeds, weight=weight, weight_type=weight_type,
-                                           layer_weights=layer_weights, unfold=unfold, **entry_options)
+                                           layer_weights=layer_weights, unfold=unfold,
+                                           weight_composition=weight_composition, **entry_options)
     if adapter.spec.family == FLUX_INSTANTX:  # one patch per double and single block (flux_instantx_patch.py)
         if entry_options.get("embeds_scaling", "V only") != "V only" or entry_options.get("token_transform"):
             raise ValueError(f"{adapter.name}: the InstantX FLUX adapter normalises its keys, so the weight scales "
                              f"the values only: set embeds_scaling to 'V only' (token transforms are not available).")
         weights, sites = flux_instantx_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold),
-                                                     layer_weights)
+                                                     layer_weights, weight_composition)
         entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
         return flux_instantx_patch.apply_instantx_entries(model, (entry,), sites)
     if is_dit(adapter.spec.arch):  # Flux: one patch per double block (ipadapter/dit_patch.py)
-        weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights)
+        weights, blocks = dit_patch.resolve(model, adapter, weight_type, frame_weight(weight, unfold), layer_weights,
+                                            weight_composition)
         entry = make_entry(model, adapter, embeds, weights, unfold=unfold, **entry_options)
         return dit_patch.apply_dit_entries(model, (entry,), blocks)
     check_model(adapter, model)
@@ -294,16 +296,23 @@ def apply_style_composition(
     unfold: bool = False,
     **entry_options,
 ):
-    """Style image on the style layers, composition image on the composition layers (SDXL only).
+    """Style image on the style layers, composition image on the composition layers (SDXL, and with the
+    experimental block maps of ``block_maps`` Flux and SD3.5).
 
     Two entries, one per image: each layer has exactly one of them, which is the old extension's
     "cond_alt" (the composition tokens replace the style tokens at the composition layer).
     ``expand_style`` puts the style image on every other layer ("strong style and composition").
     """
-    check_model(adapter, model, "Style & Composition")
     require_finite("weight_style", weight_style)
     require_finite("weight_composition", weight_composition)
     arch = adapter.spec.arch
+    if is_dit(arch):  # two stacked applications on disjoint blocks
+        styled = apply_adapter(model, adapter, style, weight=weight_style, unfold=unfold,
+                               weight_type="strong style transfer" if expand_style else "style transfer",
+                               **entry_options)
+        return apply_adapter(styled, adapter, composition, weight=weight_composition, weight_type="composition",
+                             unfold=unfold, **entry_options)
+    check_model(adapter, model, "Style & Composition")
     if arch != "sdxl":
         raise ValueError(f"{STYLE_COMPOSITION_SDXL_ONLY} {adapter.name} is an {ARCH_NAMES[arch]} adapter: use "
                          "an SDXL model and adapter, or on SD1.5 use IPAdapter Advanced with weight_type "

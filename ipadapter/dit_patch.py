@@ -20,11 +20,65 @@ import torch
 import torch.nn.functional as F
 
 from comfy.ldm.flux.layers import apply_mod
+from comfy.patcher_extension import WrappersMP
 
 from .attention import AdapterEntry, _current_sigma, patch_models
 from .errors import ModelMismatchError
 from .flux import ARCH_NAME, block_sites, resolve_block_weights, token_grid_for
 from .layers import LayerSite
+
+
+# transformer_options key: (rows, cols) of the image tokens of the latent being generated, noted by
+# ``TokenGridWrapper`` before the blocks run. The blocks only see a token count, which is ambiguous, and
+# with reference latents (Kontext) the image stream also holds the references' tokens after the latent's.
+TOKEN_GRID = "ipadapter_next_token_grid"
+
+
+class TokenGridWrapper:
+    """DIFFUSION_MODEL wrapper (ComfyUI's wrapper chain: other extensions' wrappers stay) that notes the
+    latent's image-token grid in a copy of the call's transformer_options, for the block patches' masks."""
+
+    def __init__(self, patch_size: int):
+        self.patch_size = patch_size
+
+    def __call__(self, executor, x, *args, **kwargs):
+        p = self.patch_size
+        grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)  # as Flux packs the latent
+        if isinstance(kwargs.get("transformer_options"), dict):
+            kwargs["transformer_options"] = {**kwargs["transformer_options"], TOKEN_GRID: grid}
+        else:  # Flux passes (timestep, context, y, guidance, ref_latents, control, transformer_options)
+            i = max((i for i, a in enumerate(args) if isinstance(a, dict)), default=None)
+            if i is not None:
+                args = (*args[:i], {**args[i], TOKEN_GRID: grid}, *args[i + 1:])
+        return executor(x, *args, **kwargs)
+
+    def __deepcopy__(self, memo):  # immutable
+        return self
+
+
+def add_token_grid(patched, diffusion_model) -> None:
+    """Register ``TokenGridWrapper`` on ``patched`` (a clone) once."""
+    if not patched.get_wrappers(WrappersMP.DIFFUSION_MODEL, TOKEN_GRID):
+        patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKEN_GRID,
+                                     TokenGridWrapper(int(getattr(diffusion_model, "patch_size", 2))))
+
+
+def image_token_mask(entry: AdapterEntry, img: torch.Tensor, n_chunks: int, options: dict) -> torch.Tensor:
+    """``entry``'s mask on the image tokens ``img`` [B, L, C]: [rows, L, 1].
+
+    On the latent's own grid when the wrapper noted it (tokens past it, a reference latent's, get 0: the
+    mask says where the image prompt acts on the picture being made); otherwise (the model called
+    without ComfyUI's wrappers) on the grid of L tokens closest to the mask's aspect ratio."""
+    length = img.shape[1]
+    grid = options.get(TOKEN_GRID)
+    if grid is None or grid[0] * grid[1] > length:
+        grid = token_grid_for(length, tuple(entry.mask.shape[-2:]))
+    area = grid[0] * grid[1]
+    # mask_batch places the mask on the grid it is given as the "latent" size.
+    m = entry.mask_batch(img[:, :area], {"original_shape": grid}, n_chunks)
+    if area < length:
+        m = torch.cat([m, m.new_zeros(m.shape[0], length - area, m.shape[2])], dim=1)
+    return m
 
 
 def image_query(block, img: torch.Tensor, vec) -> torch.Tensor:
@@ -87,21 +141,12 @@ class DoubleBlockIP(BlockPatch):
             k = ip_k.view(batch, -1, heads, head_dim).transpose(1, 2)
             v = ip_v.view(batch, -1, heads, head_dim).transpose(1, 2)
             ip = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, heads * head_dim)
-            mask = self._mask(entry, like, len(cond_or_uncond))
-            if mask is not None:
-                ip = ip * mask
+            if entry.mask is not None:
+                ip = ip * image_token_mask(entry, like, len(cond_or_uncond), options)
             total = ip if total is None else total + ip
         out = dict(out)
         out["img"] = img + total.to(img.dtype)
         return out
-
-    @staticmethod
-    def _mask(entry: AdapterEntry, like: torch.Tensor, n_chunks: int) -> torch.Tensor | None:
-        if entry.mask is None:
-            return None
-        grid = token_grid_for(like.shape[1], tuple(entry.mask.shape[-2:]))
-        # mask_batch places the mask on the grid it is given as the "latent" size.
-        return entry.mask_batch(like, {"original_shape": grid}, n_chunks)
 
 
 def dit_patches(model) -> dict:
@@ -143,6 +188,7 @@ def apply_dit_entries(model, entries: Sequence[AdapterEntry], block_count: int):
         else:
             new = DoubleBlockIP(site, added, existing, dm)
         patched.set_model_patch_replace(new, "dit", "double_block", site.ckpt_index)
+    add_token_grid(patched, dm)
     return patched
 
 
@@ -156,8 +202,10 @@ def flux_blocks_checked(model, adapter, with_singles: bool = False):
     return dm
 
 
-def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, int]:
+def resolve(model, adapter, weight_type: str, weight, layer_weights=None,
+            weight_composition: float | None = None) -> tuple[dict, int]:
     """Check the MODEL against a DiT ``adapter``; (per-block weights, double-block count) for its entry."""
     dm = flux_blocks_checked(model, adapter)
     count = len(dm.double_blocks)
-    return resolve_block_weights(block_sites(count), weight_type, weight, layer_weights), count
+    return resolve_block_weights(block_sites(count), weight_type, weight, layer_weights,
+                                 weight_composition=weight_composition), count

@@ -6,7 +6,8 @@ of the T5 width, the same ImageProj as SD's IP-Adapter) and, for each of Flux's 
 (``files.split_sections``) files the first under ``image_proj`` and the second under ``ip_adapter`` as
 ``N.processor.ip_adapter_double_stream_k_proj.weight``. The math lives in ``dit_patch``.
 
-Per-block weights address double block ``N`` (0-18 on Flux.1): ``resolve_block_weights``.
+Per-block weights address double block ``N`` (0-18 on Flux.1): ``resolve_block_weights``; the
+experimental style / composition maps of the transformer models are in ``block_maps``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .block_maps import DIT_BLOCK_MAPS, DIT_MAPPED_TYPES, map_weights
 from .encoders import KnownEncoder, KnownWidths
 from .errors import UnknownAdapterError
 from .families import AdapterSpec, EncoderRequirement
@@ -163,11 +165,14 @@ def unsupported(what: str, adapter_name: str, arch: str = ARCH) -> str:
 
 
 def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight: Weight,
-                          layer_weights: Mapping[int, float] | None = None, arch_name: str = ARCH_NAME) -> dict:
+                          layer_weights: Mapping[int, float] | None = None, arch_name: str = ARCH_NAME,
+                          weight_composition: float | None = None) -> dict:
     """site key -> LayerWeight for the blocks with a non-zero weight.
 
     ``layer_weights`` (Mad Scientist) names blocks by index, multiplied by ``weight``; others get 0.
-    Otherwise ``weight_type`` is one of ``DIT_WEIGHT_TYPES``, a curve over the block index."""
+    Otherwise ``weight_type`` is one of ``DIT_WEIGHT_TYPES`` (a curve over the block index) or one of the
+    experimental style / composition maps (``block_maps``; ``weight_composition`` defaults to 1.0, as on
+    the UNet)."""
     def nonzero(w: Weight) -> bool:
         return bool((w != 0).any()) if isinstance(w, torch.Tensor) else w != 0
 
@@ -179,11 +184,15 @@ def resolve_block_weights(sites: tuple[LayerSite, ...], weight_type: str, weight
             if not 0 <= n < len(sites):
                 raise ValueError(f"block index {n} is out of range: this {arch_name} model has blocks 0-{len(sites) - 1}")
         per = {s.key: layer_weights.get(s.ckpt_index, 0.0) * weight for s in sites if layer_weights.get(s.ckpt_index, 0.0)}
+    elif weight_type in DIT_BLOCK_MAPS:
+        values = {"w": weight, "wc": 1.0 if weight_composition is None else weight_composition}
+        per = map_weights(sites, weight_type, values)
     else:
         if weight_type not in DIT_WEIGHT_TYPES:
             find_weight_type(weight_type)  # an unknown name gets the usual message
             raise ValueError(f"weight_type {weight_type!r} is a UNet layer map and has no {arch_name} equivalent; "
-                             f"on {arch_name} choose one of {', '.join(DIT_WEIGHT_TYPES)}, or give per-block weights "
+                             f"on {arch_name} choose one of {', '.join(DIT_WEIGHT_TYPES + DIT_MAPPED_TYPES)} (the "
+                             f"style / composition maps are experimental there), or give per-block weights "
                              f"with IPAdapter Mad Scientist (layer_weights such as 'double_0:1, double_10:0.5').")
         curve = find_weight_type(weight_type).curve
         per = {s.key: weight * curve(s.ckpt_index, len(sites), "double") for s in sites}

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from comfy.ldm.flux.layers import apply_mod
 
 from .attention import AdapterEntry, _current_sigma
-from .dit_patch import BlockPatch, flux_blocks_checked, image_query
-from .flux import resolve_block_weights, token_grid_for
+from .dit_patch import BlockPatch, add_token_grid, flux_blocks_checked, image_query, image_token_mask
+from .flux import resolve_block_weights
 from .flux_instantx import NORM_EPS, block_sites, processor_weights
 from .layers import LayerSite
 
@@ -104,22 +104,22 @@ class InstantXBlockIP(BlockPatch):
 
     def _masked(self, entry: AdapterEntry, out: torch.Tensor, options: dict, n_chunks: int) -> torch.Tensor:
         img_len = out.shape[1]
-        if self.single:  # 0.33.0 names the image slice; 0.3.75: the count the double blocks noted
-            img_slice = options.get("img_slice")
-            img_len = int(img_slice[1]) if img_slice else int(options.get(_IMG_LEN, out.shape[1]))
+        if self.single:  # 0.33.0 names the image slice [start, end) of the joint sequence; 0.3.75: the
+            img_slice = options.get("img_slice")  # count the double blocks noted
+            img_len = (int(img_slice[1]) - int(img_slice[0])) if img_slice else int(options.get(_IMG_LEN, out.shape[1]))
         img = out[:, out.shape[1] - img_len:]
-        grid = token_grid_for(img_len, tuple(entry.mask.shape[-2:]))
-        mask = entry.mask_batch(img, {"original_shape": grid}, n_chunks)
+        mask = image_token_mask(entry, img, n_chunks, options)
         return torch.cat([out[:, :out.shape[1] - img_len], img * mask], dim=1)
 
 
-def resolve(model, adapter, weight_type: str, weight, layer_weights=None) -> tuple[dict, tuple[LayerSite, ...]]:
+def resolve(model, adapter, weight_type: str, weight, layer_weights=None,
+            weight_composition: float | None = None) -> tuple[dict, tuple[LayerSite, ...]]:
     """Check the MODEL against the adapter; (per-block weights, sites of every processor)."""
     dm = flux_blocks_checked(model, adapter, with_singles=True)
     doubles, singles = len(dm.double_blocks), len(dm.single_blocks)
     sites = block_sites(doubles, singles)
     per = None if layer_weights is None else processor_weights(layer_weights, doubles, singles)
-    return resolve_block_weights(sites, weight_type, weight, per), sites
+    return resolve_block_weights(sites, weight_type, weight, per, weight_composition=weight_composition), sites
 
 
 def apply_instantx_entries(model, entries, sites: tuple[LayerSite, ...]):
@@ -135,4 +135,5 @@ def apply_instantx_entries(model, entries, sites: tuple[LayerSite, ...]):
         else:
             new = InstantXBlockIP(site, tuple(entries), existing, dm)
         patched.set_model_patch_replace(new, "dit", kind, index)
+    add_token_grid(patched, dm)
     return patched

@@ -49,13 +49,14 @@ class SD3Entry:
     patchers: tuple
     cond: torch.Tensor  # [1 or N, T, D] SigLIP features (N images joined along tokens after resampling)
     uncond: torch.Tensor
-    weights: Mapping
+    weights: Mapping  # site key -> LayerWeight; a weight may be per latent (a 1-D tensor)
     timestep: Callable[[torch.Tensor], torch.Tensor]  # sigma -> the model's timestep (what the resampler reads)
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     mask: torch.Tensor | None = None
     mask_interpolation: str = "bilinear"
     curve: Any = None  # curves.BoundCurve: weight multiplier per call, from the sigma
+    unfold: bool = False  # image i conditions latent i (Batch nodes) instead of all images every latent
     _cache: dict = field(default_factory=dict, repr=False)  # this step's tokens and K/V
     _masks: dict = field(default_factory=dict, repr=False)  # (grid, device, dtype) -> resampled mask, kept
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -84,7 +85,8 @@ class SD3Entry:
             return self._cache
 
     def kv(self, index: int, sigma: float | None, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(K_c, V_c, K_u, V_u) of block ``index`` at this step: [1, heads, tokens, 64] each."""
+        """(K_c, V_c, K_u, V_u) of block ``index`` at this step: [1, heads, tokens, 64] each (all images
+        joined along the tokens), or unfolded [images, heads, tokens, 64]."""
         cache = self._step_cache(sigma)
         key = ("kv", index, like.device, like.dtype)
         if key in cache:
@@ -95,8 +97,9 @@ class SD3Entry:
             out = []
             for t, temb in tokens:
                 k, v = _layer_kv(params, t, temb)
-                out += [k.transpose(0, 1).reshape(1, k.shape[1], -1, k.shape[-1]),
-                        v.transpose(0, 1).reshape(1, v.shape[1], -1, v.shape[-1])]
+                if not self.unfold:  # several images share one softmax: join them along the tokens
+                    k, v = (a.transpose(0, 1).reshape(1, a.shape[1], -1, a.shape[-1]) for a in (k, v))
+                out += [k, v]
         out = tuple(out)
         with self._lock:
             cache[key] = out
@@ -172,14 +175,22 @@ class JointBlockIP(BlockPatch):
                 ip_v = torch.cat([_resize_batch(vu if ch == 1 else vc, per) for ch in cond_or_uncond])
                 out = F.scaled_dot_product_attention(rms_norm(q, wq), torch.cat([rms_norm(k, wk), ip_k], dim=2),
                                                      torch.cat([v, ip_v], dim=2))
-                out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * (entry.weights[self.site.key].weight
-                                                                              * multiplier)
+                out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * _rows(
+                    entry.weights[self.site.key].weight * multiplier, per, len(cond_or_uncond), x)
                 if entry.mask is not None:
                     grid = token_grid_for(x.shape[1], tuple(entry.mask.shape[-2:]))
                     m = entry.mask_on(grid, x)
                     out = out * (m if m.shape[0] == 1 else _resize_batch(m, per).repeat(len(cond_or_uncond), 1, 1))
                 total = out if total is None else total + out
         return total
+
+
+def _rows(w, per: int, chunks: int, like: torch.Tensor):
+    """A number as is; per-latent weights [F] as [rows, 1, 1] laid out like the batch (one chunk per
+    cond_or_uncond entry, each cut or padded to the latents of this call)."""
+    if not isinstance(w, torch.Tensor):
+        return w
+    return _resize_batch(w.reshape(-1, 1, 1), per).repeat(chunks, 1, 1).to(like.device, like.dtype)
 
 
 def mmdit_model(model, adapter):
@@ -208,17 +219,16 @@ def apply_sd3_adapter(model, adapter, embeds, *, weight=1.0, weight_type: str = 
     from .weights import as_frame_weights
 
     w = as_frame_weights(weight)
-    if unfold or isinstance(w, torch.Tensor):
-        raise ValueError(f"{adapter.name}: one image per latent (Batch nodes, weight schedules) is not available on "
-                         f"{ARCH_NAME} yet; use IPAdapter Advanced.")
+    if isinstance(w, torch.Tensor) and not unfold:  # a schedule without unfold: its first value, as on the UNet
+        w = float(w[0])
     if embeds_scaling != "V only" or token_transform is not None:
         raise ValueError(f"{adapter.name}: on {ARCH_NAME} the weight scales the image prompt's attention output; "
                          f"embeds_scaling {embeds_scaling!r} and token transforms are not available (use 'V only').")
     dm = mmdit_model(model, adapter)
     sites = block_sites(len(dm.joint_blocks))
-    weights = resolve_block_weights(sites, weight_type, w, layer_weights, ARCH_NAME)
+    weights = resolve_block_weights(sites, weight_type, w, layer_weights, ARCH_NAME, weight_composition)
     cond, uncond = embeds.cond, embeds.uncond
-    if combine != "concat" and cond.shape[0] > 1:
+    if combine != "concat" and cond.shape[0] > 1 and not unfold:
         cond, uncond = combine_embeds(cond, combine), uncond[:1]
     # Several images: each is resampled on its own, their tokens joined (one softmax over all).
     sampling = model.get_model_object("model_sampling")
@@ -227,7 +237,7 @@ def apply_sd3_adapter(model, adapter, embeds, *, weight=1.0, weight_type: str = 
                      sigma_start=float(sampling.percent_to_sigma(start_at)),
                      sigma_end=float(sampling.percent_to_sigma(end_at)),
                      mask=None if attn_mask is None else (attn_mask[None] if attn_mask.dim() == 2 else attn_mask),
-                     mask_interpolation=mask_interpolation, curve=bind_curve(weight_curve, sampling))
+                     mask_interpolation=mask_interpolation, curve=bind_curve(weight_curve, sampling), unfold=unfold)
     patched = model.clone()
     current = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for site in sites:

@@ -55,7 +55,9 @@ SPECS: dict[str, tuple] = {
     # how and when it acts
     "attn_mask": ("MASK", {"tooltip": "Where the image prompt acts (white) and where not (black); any size with the "
                                       "latent's aspect ratio."}),
-    "weight_type": (list(WEIGHT_TYPES), {"tooltip": "How the weight is spread over the UNet's layers."}),
+    "weight_type": (list(WEIGHT_TYPES), {"tooltip": "How the weight is spread over the UNet's layers (on Flux / "
+                                                    "SD3.5: the linear and ease curves, and experimental style / "
+                                                    "composition block maps)."}),
     "combine_embeds": (list(COMBINE_METHODS), {"tooltip": "How several reference images are merged before "
                                                           "projection."}),
     "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,

@@ -301,3 +301,45 @@ def test_weight_curve_multiplies_the_weight_per_call(flux_model, inputs):
         at = {"sigmas": torch.tensor([sigma])}
         assert 0.0 < m < 1.0
         torch.testing.assert_close(comfy_forward(curved, inputs, at), comfy_forward(same, inputs, at), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Experimental style / composition maps (ipadapter/block_maps.py) on the real patch
+# --------------------------------------------------------------------------------------------------
+def test_style_and_composition_maps_reach_double_and_single_blocks(flux_model, oracle, inputs):
+    # tiny Flux: 3 double + 2 single blocks -> composition = doubles 0, 1; style = double 2 and single 1
+    # (processor 3 + 1); strong style = double 2 and both singles
+    adapter = instantx_adapter()
+    for weight_type, scales in (("composition", {0: 0.7, 1: 0.7}), ("style transfer", {2: 0.7, DOUBLES + 1: 0.7}),
+                                ("strong style transfer", {2: 0.7, DOUBLES: 0.7, DOUBLES + 1: 0.7})):
+        patched = apply.apply_adapter(flux_model, adapter, embeds_of(2), weight=0.7, weight_type=weight_type)
+        want = oracle_forward(oracle, inputs, [(adapter.sections, pooled(2), scales)])
+        torch.testing.assert_close(comfy_forward(patched, inputs), want, atol=ATOL, rtol=0)
+
+
+def test_style_and_composition_node_on_instantx_embeds(flux_model, oracle, inputs):
+    adapter = instantx_adapter()
+    patched = apply.apply_style_composition(flux_model, adapter, embeds_of(2), embeds_of(3), weight_style=0.9,
+                                            weight_composition=0.5)
+    want = oracle_forward(oracle, inputs, [(adapter.sections, pooled(2), {2: 0.9, DOUBLES + 1: 0.9}),
+                                           (adapter.sections, pooled(3), {0: 0.5, 1: 0.5})])
+    torch.testing.assert_close(comfy_forward(patched, inputs), want, atol=ATOL, rtol=0)
+
+
+def test_mask_on_single_blocks_uses_the_latent_grid_with_reference_latents(flux_model):
+    # latent 8x12 -> 4x6 image tokens, a Kontext reference of 16x12 -> 48 more; single blocks hold the 5 text
+    # tokens first. The InstantX term enters before the block's per-token output projection, so a token
+    # whose term is masked out leaves the block exactly as without the adapter.
+    x = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(2))
+    refs = [torch.randn(1, 16, 16, 12, generator=torch.Generator().manual_seed(3))]
+    left = torch.zeros(1, 8, 12)
+    left[:, :, :6] = 1
+    block = ("single_block", 0)
+    plain = tiny_dit.block_output(flux_model, block, x, refs)
+    masked = apply.apply_adapter(flux_model, instantx_adapter(), embeds_of(1), attn_mask=left,
+                                 layer_weights={("single", 0): 1.0})
+    ip_term = (tiny_dit.block_output(masked, block, x, refs) - plain).abs().amax(dim=-1)
+    assert ip_term.shape[0] == 5 + 24 + 48
+    grid = ip_term[5:29].view(4, 6)
+    assert (grid[:, :3] > 1e-4).all() and torch.equal(grid[:, 3:], torch.zeros(4, 3))
+    assert torch.equal(ip_term[29:], torch.zeros(48))

@@ -95,9 +95,28 @@ def test_one_block_only_differs_from_all_blocks():
 def test_wrong_encoder_and_unet_only_options_fail_clearly():
     result = executor.run_prompt(flux_graph("wrong_enc", {"clip_name": VIT_G}))
     assert not result.success and "gives 40" in result.error["exception_message"]
-    result = executor.run_prompt(flux_graph("wrong_type", {"weight_type": "composition"}))
+    result = executor.run_prompt(flux_graph("wrong_type", {"weight_type": "weak input"}))
     assert not result.success
-    assert "'composition' is a UNet layer map and has no Flux equivalent" in result.error["exception_message"]
+    assert "'weak input' is a UNet layer map and has no Flux equivalent" in result.error["exception_message"]
+
+
+def test_experimental_style_and_composition_maps_run_in_the_nodes():
+    # 3 double blocks: composition = blocks 0 and 1, style = block 2 (ipadapter/block_maps.py)
+    composition = latent_of(executor.run_prompt(flux_graph("comp", {"weight_type": "composition"})))
+    by_index = latent_of(executor.run_prompt(flux_graph("comp_ms", {"node": "IPAdapterMS", "layer_weights": "0:1, 1:1"})))
+    torch.testing.assert_close(composition, by_index, rtol=0, atol=1e-5)
+    prompt = flux_graph("style_comp", {"weight": 0.8})
+    inputs = prompt["13"]["inputs"]
+    prompt["13"] = {"class_type": "IPAdapterStyleComposition", "inputs": {
+        "model": inputs["model"], "ipadapter": inputs["ipadapter"], "clip_vision": inputs["clip_vision"],
+        "image_style": inputs["image"], "image_composition": inputs["image"], "weight_style": 0.8,
+        "weight_composition": 0.8, "expand_style": False, "combine_embeds": "average", "start_at": 0.0,
+        "end_at": 1.0, "embeds_scaling": "V only"}}
+    both = latent_of(executor.run_prompt(prompt))
+    # the same image on both block sets at the same weight is the image on every block
+    everywhere = latent_of(executor.run_prompt(flux_graph("all_blocks", {"weight": 0.8})))
+    torch.testing.assert_close(both, everywhere, rtol=0, atol=1e-5)
+    assert (composition - everywhere).abs().mean() > 1e-4
 
 
 def test_flux_adapter_on_an_sd15_model_is_refused():

@@ -242,12 +242,38 @@ def test_wrong_base_models():
 
 def test_unet_only_weight_types_and_nodes_say_so(flux_model):
     adapter = xlabs_adapter("v1")
-    with pytest.raises(ValueError, match="'style transfer' is a UNet layer map .* linear, ease in"):
-        apply.apply_adapter(flux_model, adapter, embeds_of(5), weight_type="style transfer")
-    with pytest.raises(ValueError, match="Style & Composition is not available .* Flux"):
-        apply.apply_style_composition(flux_model, adapter, embeds_of(5), embeds_of(6))
+    with pytest.raises(ValueError, match="'weak input' is a UNet layer map .* linear, ease in.* composition"):
+        apply.apply_adapter(flux_model, adapter, embeds_of(5), weight_type="weak input")
+    with pytest.raises(ValueError, match="IPAdapter Tiled is not available .* Flux"):
+        apply.check_model(adapter, flux_model, "IPAdapter Tiled")
     with pytest.raises(ValueError, match="double blocks: 0-18"):
         flux.parse_block_weights("single_3:1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Experimental style / composition maps (ipadapter/block_maps.py) on the real patch
+# --------------------------------------------------------------------------------------------------
+def test_style_and_composition_weight_types_weigh_their_blocks(flux_model, oracle, inputs):
+    # tiny Flux: 3 double blocks -> composition = blocks 0, 1; style = block 2
+    adapter = xlabs_adapter("v1")
+    for weight_type, scales in (("composition", {0: 0.7, 1: 0.7}), ("style transfer", {2: 0.7}),
+                                ("style and composition", {0: 0.4, 1: 0.4, 2: 0.7})):
+        patched = apply.apply_adapter(flux_model, adapter, embeds_of(5), weight=0.7, weight_type=weight_type,
+                                      weight_composition=0.4)
+        ref = oracle_forward(oracle, inputs, [image_embeds(5)], [("v1", 0)], [scales])
+        torch.testing.assert_close(comfy_forward(patched, inputs), ref, atol=ATOL, rtol=0)
+        assert set(dit_patch.dit_patches(patched)) == {("double_block", i) for i in range(TINY_FLUX.depth)}
+
+
+def test_style_and_composition_node_puts_each_image_on_its_blocks(flux_model, oracle, inputs):
+    adapter = xlabs_adapter("v1")
+    patched = apply.apply_style_composition(flux_model, adapter, embeds_of(5), embeds_of(6), weight_style=0.9,
+                                            weight_composition=0.6)
+    ref = oracle_forward(oracle, inputs, [image_embeds(5), image_embeds(6)], [("v1", 0), ("v1", 0)],
+                         [{2: 0.9}, {0: 0.6, 1: 0.6}])
+    torch.testing.assert_close(comfy_forward(patched, inputs), ref, atol=ATOL, rtol=0)
+    patches = dit_patch.dit_patches(patched)
+    assert [len(patches[("double_block", i)].entries) for i in range(3)] == [2, 2, 2]  # one at weight 0 each
 
 
 def test_wrong_encoder_is_named():
@@ -300,3 +326,26 @@ def test_weight_curve_multiplies_the_weight_per_call(flux_model, inputs):
 def test_fooocus_joint_mode_is_refused_on_flux(flux_model):
     with pytest.raises(ValueError, match="attention_mode 'joint'.*Flux.*'decoupled'"):
         apply.apply_adapter(flux_model, xlabs_adapter("v1"), embeds_of(5), attention_mode="joint")
+
+
+# --------------------------------------------------------------------------------------------------
+# Masks on the latent's own token grid (also with Kontext reference latents in the image stream)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("with_reference", [False, True], ids=["latent", "kontext"])
+def test_mask_lands_on_the_latent_grid_and_never_on_reference_tokens(flux_model, with_reference):
+    # latent 8x12 -> a 4x6 token grid; a reference latent of 16x12 adds 8x6 = 48 tokens after them, so the
+    # stream holds 72 tokens, which no aspect-ratio guess maps back to 4x6
+    x = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(2))
+    refs = [torch.randn(1, 16, 16, 12, generator=torch.Generator().manual_seed(3))] if with_reference else None
+    left = torch.zeros(1, 8, 12)
+    left[:, :, :6] = 1  # the left half of the picture
+    adapter = xlabs_adapter("v1")
+    plain = tiny_dit.block_output(flux_model, ("double_block", 0), x, refs)
+    masked = apply.apply_adapter(flux_model, adapter, embeds_of(5), attn_mask=left, layer_weights={0: 1.0})
+    # per token, at the first block (its input is the same in both runs)
+    ip_term = (tiny_dit.block_output(masked, ("double_block", 0), x, refs) - plain).abs().amax(dim=-1)
+    assert ip_term.shape[0] == 24 + (48 if with_reference else 0)
+    grid = ip_term[:24].view(4, 6)
+    assert (grid[:, :3] > 1e-3).all() and torch.equal(grid[:, 3:], torch.zeros(4, 3))
+    if with_reference:
+        assert torch.equal(ip_term[24:], torch.zeros(48))  # the reference's tokens get no image prompt

@@ -158,8 +158,6 @@ def test_start_end_and_clear_errors(sd3_model, inputs):
     adapter = instantx()
     late = apply.apply_adapter(sd3_model, adapter, embeds_of(3), start_at=0.6)
     assert torch.equal(comfy_forward(late, inputs, 900.0), comfy_forward(sd3_model, inputs, 900.0))
-    with pytest.raises(ValueError, match="not available on SD3.5 yet"):
-        apply.apply_adapter(sd3_model, adapter, embeds_of(3), unfold=True)
     with pytest.raises(ValueError, match="embeds_scaling 'K\\+V'"):
         apply.apply_adapter(sd3_model, adapter, embeds_of(3), embeds_scaling="K+V")
     from harness import tiny_dit
@@ -224,3 +222,45 @@ def test_masks_act_on_the_image_tokens_and_are_resampled_once(sd3_model, inputs)
     (entry,) = {e for patch in half.model_options["transformer_options"]["patches_replace"]["dit"].values()
                 for e in patch.entries}
     assert len(entry._masks) == 1
+
+
+def test_style_and_composition_maps_weigh_halves_of_the_joint_blocks(sd3_model, inputs):
+    # tiny SD3.5: 4 joint blocks -> composition = blocks 0, 1; style = blocks 2, 3 (per-block weights are
+    # checked against diffusers above, so equality with them pins the map on the real patch)
+    adapter = instantx()
+    for weight_type, blocks in (("composition", {0: 1.0, 1: 1.0}), ("style transfer", {2: 1.0, 3: 1.0})):
+        mapped = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight=0.7, weight_type=weight_type)
+        by_index = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight=0.7, layer_weights=blocks)
+        assert torch.equal(comfy_forward(mapped, inputs, 400.0), comfy_forward(by_index, inputs, 400.0))
+    both = apply.apply_style_composition(sd3_model, adapter, embeds_of(3), embeds_of(4), weight_style=0.9,
+                                         weight_composition=0.5)
+    style = apply.apply_adapter(sd3_model, adapter, embeds_of(3), weight=0.9, layer_weights={2: 1.0, 3: 1.0})
+    stacked = apply.apply_adapter(style, adapter, embeds_of(4), weight=0.5, layer_weights={0: 1.0, 1: 1.0})
+    assert torch.equal(comfy_forward(both, inputs, 400.0), comfy_forward(stacked, inputs, 400.0))
+    assert not torch.equal(comfy_forward(both, inputs, 400.0),
+                           comfy_forward(apply.apply_adapter(sd3_model, adapter, embeds_of(3)), inputs, 400.0))
+
+
+def test_batch_unfold_gives_latent_i_image_i_as_diffusers_per_sample_embeds(sd3_model, oracle, inputs):
+    # diffusers reads ip_adapter_image_embeds per sample: row i of the batch sees image i
+    both = torch.cat([features(3), features(4)])
+    batch = apply.apply_adapter(sd3_model, instantx(), apply.Embeds(both, torch.zeros_like(both)), weight=0.8,
+                                unfold=True)
+    ref = oracle_forward(oracle, inputs, 400.0, feats=both, scale=0.8)
+    assert torch.allclose(comfy_forward(batch, inputs, 400.0), ref, atol=ATOL, rtol=0)
+    for i, seed in enumerate((3, 4)):
+        single = apply.apply_adapter(sd3_model, instantx(), embeds_of(seed), weight=0.8)
+        assert torch.allclose(comfy_forward(batch, inputs, 400.0)[i], comfy_forward(single, inputs, 400.0)[i],
+                              atol=1e-5, rtol=0)
+
+
+def test_weight_schedule_gives_latent_i_weight_i(sd3_model, inputs):
+    scheduled = apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight=[0.3, 1.2], unfold=True)
+    out = comfy_forward(scheduled, inputs, 400.0)
+    for i, w in enumerate((0.3, 1.2)):
+        single = comfy_forward(apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight=w), inputs, 400.0)
+        assert torch.allclose(out[i], single[i], atol=1e-5, rtol=0)
+    # without unfold a schedule gives its first value to every latent, as on the UNet
+    first = apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight=[0.3, 1.2])
+    plain = apply.apply_adapter(sd3_model, instantx(), embeds_of(3), weight=0.3)
+    assert torch.equal(comfy_forward(first, inputs, 400.0), comfy_forward(plain, inputs, 400.0))

@@ -115,6 +115,38 @@ def comfy_forward(model, inputs, extra_options: dict | None = None) -> torch.Ten
                                guidance=inputs["guidance"], transformer_options=options)
 
 
+class BlockProbe:
+    """A foreign patch around what is registered at a block: records the block's output image stream."""
+
+    def __init__(self, inner):
+        self.inner, self.outputs = inner, []
+
+    def __call__(self, args, extra):
+        out = self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
+        self.outputs.append(out["img"].clone())
+        return out
+
+
+def block_output(model, block: tuple[str, int], x: torch.Tensor, refs=None, seed: int = 1,
+                 dims: FluxDims = TINY_FLUX) -> torch.Tensor:
+    """The image stream out of ``block`` (("double_block" | "single_block", i)) of the first sample, when
+    ComfyUI's Flux forward runs the latent ``x`` [1, 16, H, W] (with reference latents ``refs``, as Kontext
+    does) through its wrapper chain, as a sampler calls it."""
+    probed = model.clone()
+    current = probed.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    probe = BlockProbe(current.get(block))
+    probed.set_model_patch_replace(probe, "dit", *block)
+    options = dict(probed.model_options.get("transformer_options", {}))
+    options["wrappers"] = {kind: dict(by_key) for kind, by_key in probed.wrappers.items()}
+    g = torch.Generator().manual_seed(seed)
+    dm = probed.get_model_object("diffusion_model")
+    with torch.no_grad():
+        dm(x, torch.tensor([0.7]), torch.randn(1, 5, dims.context_in_dim, generator=g),
+           y=torch.randn(1, dims.vec_in_dim, generator=g), guidance=torch.tensor([3.5]), ref_latents=refs,
+           transformer_options=options)
+    return probe.outputs[-1][0]
+
+
 # --------------------------------------------------------------------------------------------------
 # A tiny Flux *file* that ComfyUI's loaders load (UNETLoader), for headless workflows
 # --------------------------------------------------------------------------------------------------
