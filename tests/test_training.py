@@ -110,3 +110,32 @@ def test_a_family_no_loader_knows_for_this_model_is_refused_before_training():
     model, _, _, clip_vision = pipeline("sdxl")
     with pytest.raises(ValueError, match="full-face adapter for SDXL"):
         trainer.new_adapter(model, clip_vision, "full-face")
+
+
+def test_latents_are_fresh_samples_of_the_vae_posterior_as_in_the_reference():
+    # the reference takes vae.encode(x).latent_dist.sample() every step; ComfyUI's encode gives the mean
+    from training_support import images
+
+    from ipadapter_next.ipadapter.training.latents import encode_posterior
+
+    from harness import tiny_models
+
+    vae = tiny_models.build_sd_vae(seed=3)
+    pixels = images(1)
+    regulariser = vae.first_stage_model.regularization
+    posterior = encode_posterior(vae, pixels)
+    assert vae.first_stage_model.regularization is regulariser  # put back
+    torch.testing.assert_close(posterior.mean, vae.encode(pixels).float(), rtol=0, atol=1e-6)
+    assert posterior.std.shape == posterior.mean.shape and (posterior.std > 0).all()
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([posterior.sample(g) for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), posterior.mean, rtol=0, atol=float(5 * posterior.std.max() / 4000 ** 0.5))
+    torch.testing.assert_close(draws.std(0), posterior.std, rtol=0.1, atol=0)
+    # in training the same sample (its encoding cached) gets a new latent at every step
+    t = make_trainer("sd15", "basic")
+    t.vae = vae
+    sample = dataset(1).samples[0]
+    first, second = (t._inputs([(sample, sample.load())])[0] for _ in range(2))
+    assert len(t._encoded) == 1 and not torch.equal(first, second)
+    scale = t.model.model.latent_format.scale_factor  # the UNet reads scale * (sample - shift)
+    assert (first - second).abs().max() < 8 * scale * posterior.std.max()

@@ -60,6 +60,20 @@ def test_fine_tuning_from_a_file(fixture_files, folder, tmp_path):
     assert load_adapter(out).spec.family == "ip-adapter-plus_sd15"
 
 
+@pytest.mark.parametrize("cache, encodes", [(False, 8), (True, 3)], ids=["every-step", "cached"])
+def test_cache_encodings_encodes_each_image_once(fixture_files, folder, tmp_path, monkeypatch, cache, encodes):
+    # 4 steps of 2 samples over 3 images: 8 encodings without the cache, one per image with it
+    from ipadapter_next.ipadapter.training import trainer
+
+    calls = []
+    real = trainer.encode_images
+    monkeypatch.setattr(trainer, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    extra = ["--cache-encodings"] if cache else []
+    assert cli.main(args(fixture_files, "--dataset", str(folder), "--family", "basic", "--steps", "4",
+                         "--checkpoint-every", "0", "--output", str(tmp_path / "c.safetensors"), *extra)) == 0
+    assert len(calls) == encodes
+
+
 def test_benchmark_mode_prints_median_step_time_and_peak_memory(fixture_files, capsys):
     assert cli.main(args(fixture_files, "--family", "plus", "--benchmark", "2")) == 0
     printed = capsys.readouterr().out

@@ -383,6 +383,21 @@ def checkpoint_state_dict(arch: str = "sd15", seed: int = 0) -> dict[str, torch.
     return {k: v.contiguous() for k, v in sd.items() if not v.is_meta}
 
 
+def build_sd_vae(seed: int = 0):
+    """ComfyUI's SD VAE (the KL autoencoder, whose encoder has a Gaussian posterior), seeded, fp32, through
+    ``comfy.sd.VAE``. ComfyUI fixes the encoder's widths (128 channels, x1 x2 x4 x4), so it is full size
+    (84M parameters); the tiny checkpoints carry TAESD, which has no posterior."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        shapes = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    sd = seeded_state_dict(shapes, seed)
+    return comfy.sd.VAE(sd=sd)
+
+
 def sd15_checkpoint_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """``checkpoint_state_dict("sd15", seed)``: the tiny SD1.5 pipeline of ``checkpoints/tiny_sd15.safetensors``."""
     return checkpoint_state_dict("sd15", seed)

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="write the adapter and <output>.state.pt every N steps (0: only at the end)")
     p.add_argument("--resume", help="a <output>.state.pt to continue from")
+    p.add_argument("--cache-encodings", action="store_true",
+                   help="keep each image's VAE posterior and image features after its first use, so later epochs "
+                        "skip the frozen encoders (memory per image at 512 px: about 1.4 MiB for Plus, 0.13 MiB "
+                        "for basic); for datasets that fit in memory")
     p.add_argument("--benchmark", type=int, metavar="N", default=0,
                    help="run N steps on random data (no dataset needed), print median step time and peak memory")
     return p
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = join_process_group()
     model, clip, vae, clip_vision = load_models(args)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                             weight_decay=args.weight_decay, seed=args.seed + rank, resolution=args.resolution)
+                             weight_decay=args.weight_decay, seed=args.seed + rank, resolution=args.resolution,
+                             cache_encodings=args.cache_encodings)
     if args.benchmark:
         adapter, output = new_adapter(model, clip_vision, args.family, seed=args.seed)
         trainer = Trainer(model, clip, vae, clip_vision, adapter, output, settings)

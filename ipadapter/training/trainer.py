@@ -1,6 +1,7 @@
 """The training loop: frozen ComfyUI models, a trainable adapter, the reference objective.
 
-One step: resize + center-crop the images to the training resolution and VAE-encode them; CLIP-encode
+One step: resize + center-crop the images to the training resolution and VAE-encode them (a fresh sample of
+the posterior each step, ``latents``); CLIP-encode
 the images with the encoder's own preprocessing; draw one drop per sample (image / text / both); encode
 captions ("" for text drops); noise at uniform timesteps of the model's schedule; predict with the UNet
 whose cross-attention layers carry the training patch; MSE against eps (or v); AdamW step.
@@ -33,6 +34,7 @@ from ..projection import build_projection
 from .adapter import FusedIPLayers, TrainableAdapter, text_kv_weights
 from .data import Dataset, batches
 from .distributed import average_gradients
+from .latents import Posterior, encode_posterior
 from .objective import noise_batch, target_for
 from .patch import StepTokens, patch_for_training, sdpa_override
 from .recipe import Recipe, ResamplerSize, new_projection, train_family
@@ -166,7 +168,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.drops = random.Random(settings.seed)
         self._texts: dict[str, tuple[Tensor, Tensor | None]] = {}
-        self._encoded: dict[int, tuple[Tensor, Tensor]] = {}
+        self._encoded: dict[int, tuple[Posterior, Tensor]] = {}
         self._negative: Tensor | None = None
         base = self.model.model
         self.target = target_for(base.model_type)  # refuse unsupported models before any work
@@ -191,14 +193,14 @@ class Trainer:
         return hit
 
     @torch.no_grad()
-    def _encode_sample(self, sample, image: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode_sample(self, sample, image: Tensor) -> tuple[Posterior, Tensor]:
+        """(the VAE posterior of the fitted image, the image encoder's features)."""
         key = id(sample)
         if key in self._encoded:
             return self._encoded[key]
-        pixels = _fit(image, self.settings.resolution)
-        latent = self.model.model.process_latent_in(self.vae.encode(pixels).float())
+        posterior = encode_posterior(self.vae, _fit(image, self.settings.resolution))
         features = encode_images(self.clip_vision, image[None].float(), self.output).float()
-        out = (latent.detach().clone(), features.detach().clone())
+        out = (posterior, features.detach().clone())
         if self.settings.cache_encodings:
             self._encoded[key] = out
         return out
@@ -211,7 +213,8 @@ class Trainer:
         self.last_drops = drops
         latents, features, contexts, pooled = [], [], [], []
         for (sample, image), drop in zip(batch, drops):
-            latent, feats = self._encode_sample(sample, image)
+            posterior, feats = self._encode_sample(sample, image)
+            latent = self.model.model.process_latent_in(posterior.sample(self.generator))
             if drop in ("image", "both"):  # basic: zero embeds; hidden-state families: an all-zero pixel input
                 if self._negative is None:
                     with torch.no_grad():
@@ -256,7 +259,8 @@ class Trainer:
         comparable between steps (the training loss is not, its timesteps are random)."""
         latents, features, contexts, pooled = [], [], [], []
         for sample, image in batch:
-            latent, feats = self._encode_sample(sample, image)
+            posterior, feats = self._encode_sample(sample, image)
+            latent = self.model.model.process_latent_in(posterior.mean)  # deterministic: comparable losses
             cond, pool = self._text(sample.caption)
             latents.append(latent), features.append(feats), contexts.append(cond), pooled.append(pool)
         y = self._adm(pooled)
