@@ -169,6 +169,18 @@ def apply_adapter(
     return apply_entry(model, entry, adapter.spec.arch)
 
 
+def block_streams(model, adapter: Adapter) -> dict[str, int] | None:
+    """The patched block streams of a Flux / SD3.5 ``adapter`` on ``model`` ({"double": n[, "single": m]},
+    checked against the adapter with the usual errors); None for a UNet adapter."""
+    if adapter.spec.arch == "sd3":
+        return {"double": len(sd3_patch.mmdit_model(model, adapter).joint_blocks)}
+    if not is_dit(adapter.spec.arch):
+        return None
+    singles = adapter.spec.family == FLUX_INSTANTX  # XLabs acts on the double blocks only
+    dm = dit_patch.flux_blocks_checked(model, adapter, with_singles=singles)
+    return {"double": len(dm.double_blocks), **({"single": len(dm.single_blocks)} if singles else {})}
+
+
 def unsupported_on_transformers(adapter: Adapter, attention_mode: str) -> None:
     """UNet-only controls on a Flux / SD3.5 adapter: refused before anything is patched."""
     if find_attention_mode(attention_mode):

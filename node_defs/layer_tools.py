@@ -3,7 +3,7 @@ nodes). ipadapter/dev: IPAdapter Layer Sweep (a list of models, one layer group 
 them all) and IPAdapter Sweep Grid (their images as one labelled grid)."""
 from __future__ import annotations
 
-from ..ipadapter.apply import apply_adapter, encode_for
+from ..ipadapter.apply import apply_adapter, block_streams, encode_for
 from ..ipadapter.grid import labelled_grid
 from ..ipadapter.layers import ARCH_NAMES, ARCHITECTURES
 from ..ipadapter.progress import tracked
@@ -46,8 +46,9 @@ class IPAdapterLayerSweep(FromSpecs):
     REQUIRED = (
         "model", "ipadapter", "image", "weight",
         ("grouping", (list(GROUPINGS), {
-            "tooltip": "each layer: one entry per transformer index (SD1.5: 16, SDXL: 11); input / middle / "
-                       "output: one entry per UNet section."})),
+            "tooltip": "each layer: one entry per transformer index (SD1.5: 16, SDXL: 11; Flux / SD3.5: per "
+                       "block); input / middle / output: one entry per UNet section (Flux / SD3.5: per half of "
+                       "each block stream, the regions of the experimental style / composition maps)."})),
         ("mode", (list(MODES), {
             "tooltip": "only this group: the adapter acts on that group alone; all but this group: everywhere "
                        "except there (shows what the group takes away)."})),
@@ -59,13 +60,13 @@ class IPAdapterLayerSweep(FromSpecs):
               embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None, negative_mode="black image",
               weight_curve=None):
         adapter, clip_vision = adapter_and_encoder(ipadapter, clip_vision)
-        entries = sweep_entries(adapter.spec.arch, grouping, mode)
+        entries = sweep_entries(adapter.spec.arch, grouping, mode, block_streams(model, adapter))
         embeds = encode_for(adapter, clip_vision, image, image_negative, negative_mode=negative_mode)
         models = []
         for entry in tracked(entries):
             if entry.layers:
                 models.append(apply_adapter(
-                    model, adapter, embeds, weight=weight, layer_weights={t: 1.0 for t in entry.layers},
+                    model, adapter, embeds, weight=weight, layer_weights=entry.weights(),
                     combine=combine_embeds, start_at=start_at, end_at=end_at, embeds_scaling=embeds_scaling,
                     attn_mask=attn_mask, weight_curve=weight_curve))
             else:

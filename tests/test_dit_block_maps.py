@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipadapter_next.ipadapter import flux, flux_instantx, sd3_patch
+from ipadapter_next.ipadapter import flux, flux_instantx, sd3_patch, sweep
 from ipadapter_next.ipadapter.block_maps import DIT_MAPPED_TYPES
 
 XLABS = flux.block_sites(19)  # processors on the 19 double blocks
@@ -71,3 +71,41 @@ def test_unet_only_weight_types_still_say_so_and_list_the_transformer_choices():
             weights(XLABS, name)
     assert set(DIT_MAPPED_TYPES) == {"style transfer", "composition", "strong style transfer",
                                      "style and composition"}
+
+
+# --------------------------------------------------------------------------------------------------
+# IPAdapter Layer Sweep on the transformer models: per block, or per half of each stream (the map's regions)
+# --------------------------------------------------------------------------------------------------
+def test_sweep_per_block_lists_every_patched_block():
+    entries = sweep.sweep_entries("flux", "each layer", streams={"double": 19})
+    assert [e.label for e in entries[:4]] == ["no adapter", "all layers", "only double 0", "only double 1"]
+    assert len(entries) == 2 + 19 and entries[-1].layer_weights() == "double_18:1"
+    instantx = sweep.sweep_entries("flux", "each layer", "all but this group", {"double": 19, "single": 38})
+    assert len(instantx) == 2 + 57 and instantx[-1].label == "all but single 37"
+    assert ("single", 37) not in instantx[-1].layers and len(instantx[-1].layers) == 56
+
+
+@pytest.mark.parametrize("arch, streams, sites", [("flux", {"double": 19}, XLABS),
+                                                  ("flux", {"double": 19, "single": 38}, INSTANTX),
+                                                  ("sd3", {"double": 38}, SD35)], ids=["xlabs", "instantx", "sd35"])
+def test_sweep_halves_are_the_regions_of_the_maps_and_their_text_parses_back(arch, streams, sites):
+    entries = sweep.sweep_entries(arch, "input / middle / output", streams=streams)[2:]
+    by_processor = {s.key: s.ckpt_index for s in sites}
+
+    def processors(entry) -> set[int]:  # the entry's blocks as processor indices, through the real resolver
+        resolved = flux.resolve_block_weights(sites, "linear", 1.0, _processor_keys(entry.weights(), streams))
+        return {by_processor[k] for k in resolved}
+
+    assert processors(entries[0]) == set(weights(sites, "composition"))  # the first half of the double stream
+    assert set().union(*(processors(e) for e in entries[1:])) == set(weights(sites, "strong style transfer"))
+    for entry in entries:
+        assert flux.parse_any_layer_weights(entry.layer_weights(), arch) == entry.weights()
+    if arch == "sd3":
+        assert [e.label for e in entries] == ["only joint 0-18", "only joint 19-37"]
+
+
+def _processor_keys(layer_weights: dict, streams: dict[str, int]) -> dict[int, float]:
+    """Mad Scientist keys -> processor index (double N -> N, single N -> doubles + N)."""
+    if "single" not in streams:
+        return layer_weights
+    return flux_instantx.processor_weights(layer_weights, streams["double"], streams["single"])

@@ -146,3 +146,23 @@ def test_the_example_workflow_runs_on_the_fixtures_and_its_adapter_acts():
     without = latent_of(executor.run_prompt(prompt), save_id)
     assert with_adapter.shape == (1, 16, 8, 8)
     assert (with_adapter - without).abs().mean() > 1e-3
+
+
+def test_layer_sweep_renders_the_halves_of_the_double_blocks():
+    # 3 double blocks: halves 0-1 and 2 (the experimental map's composition and style regions)
+    prompt = flux_graph("sweep", {"weight": 0.8})
+    inputs = prompt["13"]["inputs"]
+    prompt["13"] = {"class_type": "IPAdapterLayerSweep", "inputs": {
+        "model": inputs["model"], "ipadapter": inputs["ipadapter"], "image": inputs["image"],
+        "clip_vision": inputs["clip_vision"], "weight": 0.8, "grouping": "input / middle / output",
+        "mode": "only this group", "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
+        "embeds_scaling": "V only"}}
+    latents = executor.run_prompt(prompt).latents("7")
+    assert len(latents) == 4  # no adapter, all blocks, double 0-1, double 2
+    plain = latent_of(executor.run_prompt(flux_graph("sweep_plain")))
+    everywhere = latent_of(executor.run_prompt(flux_graph("sweep_all", {"weight": 0.8})))
+    composition = latent_of(executor.run_prompt(flux_graph("sweep_comp", {"weight_type": "composition"})))
+    assert torch.equal(latents[0], plain)
+    torch.testing.assert_close(latents[1], everywhere, rtol=0, atol=1e-5)
+    torch.testing.assert_close(latents[2], composition, rtol=0, atol=1e-5)
+    assert (latents[3] - latents[2]).abs().mean() > 1e-4

@@ -92,11 +92,17 @@ class Result:
 
     def latent(self, node: str = "7"):
         """The latent a SaveLatent node (id ``node``) wrote, as a tensor (the DiT workflows save latents)."""
+        (latent,) = self.latents(node)
+        return latent
+
+    def latents(self, node: str = "7") -> list:
+        """Every latent a SaveLatent node wrote (one per item when it ran on a list), in order."""
         from safetensors.torch import load_file
 
         self.raise_for_error()
-        (saved,) = self.outputs[node]["latents"]
-        return load_file(str(Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+        folder = Path(folder_paths.get_output_directory())
+        return [load_file(str(folder / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+                for saved in self.outputs[node]["latents"]]
 
 
 def get_executor():
