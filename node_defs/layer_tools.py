@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from ..ipadapter.apply import apply_adapter, block_streams, encode_for
 from ..ipadapter.grid import labelled_grid
-from ..ipadapter.layers import ARCH_NAMES, ARCHITECTURES
+from ..ipadapter.flux import DIT_ARCH_NAMES, parse_any_layer_weights
+from ..ipadapter.layers import ARCH_NAMES
 from ..ipadapter.progress import tracked
 from ..ipadapter.sweep import GROUPINGS, MODES, sweep_entries
 from ..ipadapter.unified import adapter_and_encoder
-from ..ipadapter.weights import parse_layer_weights
 from .registry import node_table
 from .specs import APPLY_OPTIONAL, FromSpecs
 
 
 def check_layer_weights(text: str) -> str:
-    """``text`` unchanged when it parses for at least one architecture; else the parser's messages."""
+    """``text`` unchanged when it parses for at least one architecture (the UNets' layers, or Flux / SD3.5
+    blocks as the sweep writes them); else every parser's message."""
     errors = []
-    for arch in ARCHITECTURES:
+    for arch, name in (*ARCH_NAMES.items(), *DIT_ARCH_NAMES.items()):
         try:
-            parse_layer_weights(text, arch)
+            parse_any_layer_weights(text, arch)
             return text
         except ValueError as err:
-            errors.append(f"{ARCH_NAMES[arch]}: {err}")
-    raise ValueError("IPAdapter Layer Weights: the text is valid for no UNet.\n" + "\n".join(errors))
+            errors.append(f"{name}: {err}")
+    raise ValueError("IPAdapter Layer Weights: the text is valid for no model.\n" + "\n".join(errors))
 
 
 class IPAdapterLayerWeights(FromSpecs):

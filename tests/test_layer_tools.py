@@ -78,6 +78,8 @@ def test_layer_weights_node_passes_valid_text_on_unchanged():
     assert check_layer_weights("3:1, 6:0.5") == "3:1, 6:0.5"
     assert check_layer_weights("output_1.3:0.5\ninput_8:1") == "output_1.3:0.5\ninput_8:1"  # SDXL only
     assert check_layer_weights("15:1") == "15:1"  # SD1.5 only
+    assert check_layer_weights("double_3:1, single_20:0.5") == "double_3:1, single_20:0.5"  # Flux (the sweep's)
+    assert check_layer_weights("30:1") == "30:1"  # SD3.5's joint blocks only
 
 
 def test_layer_weights_node_names_what_is_wrong_for_each_unet():
@@ -85,6 +87,7 @@ def test_layer_weights_node_names_what_is_wrong_for_each_unet():
         check_layer_weights("3:1, 40:0.5")
     message = str(err.value)
     assert "SD1.5:" in message and "SDXL:" in message and "index 40 is out of range" in message
+    assert "Flux:" in message and "SD3.5:" in message
 
 
 def test_layer_weights_wired_into_mad_scientist_equal_the_same_text_typed_in():
